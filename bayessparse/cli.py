@@ -1,0 +1,186 @@
+"""The ``bayessparse`` command line.
+
+Every user mistake (a bad flag value, an unknown dataset, a missing file) ends the command with
+one line on stderr and exit code 2, before anything is written. A diverged run exits with 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from bayessparse.config import FIELD_NAMES, read_yaml, resolve
+from bayessparse.errors import ConfigError, TrainingDiverged
+from bayessparse.methods import check_method
+
+# flag -> config field, for the flags every training command shares
+RUN_FLAGS: dict[str, tuple[str, type]] = {
+    "--data": ("data", str),
+    "--data-root": ("data_root", str),
+    "--model": ("model", str),
+    "--method": ("method", str),
+    "--sparsity": ("sparsity", float),
+    "--epochs": ("epochs", int),
+    "--batch-size": ("batch_size", int),
+    "--lr": ("lr", float),
+    "--seed": ("seed", int),
+    "--drop-rate": ("drop_rate", float),
+    "--label-noise": ("label_noise", float),
+    "--n-samples": ("n_samples", int),
+    "--engine": ("engine", str),
+    "--device": ("device", str),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage text is one ``--help`` away)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) -> None:
+    parser.add_argument("--config", type=Path, help="YAML file of config fields (flags override it)")
+    for flag, (name, kind) in RUN_FLAGS.items():
+        if flag not in skip:
+            parser.add_argument(flag, dest=name, type=kind, default=None, help=f"config field '{name}'")
+    parser.add_argument(
+        "--set", dest="assignments", action="append", default=[], metavar="FIELD=VALUE",
+        help=f"any other config field ({', '.join(FIELD_NAMES)})",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config fields set on the command line (flags and --set FIELD=VALUE)."""
+    given = {name: getattr(args, name) for name, _ in RUN_FLAGS.values() if getattr(args, name, None) is not None}
+    for item in args.assignments:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
+        if name not in FIELD_NAMES:
+            raise ConfigError(f"unknown config field '{name}' in --set")
+        given[name] = value.split(",") if name == "step_milestones" else value
+    return given
+
+
+def _config_layers(args: argparse.Namespace, saved: Path | None = None) -> list[dict[str, Any]]:
+    layers = [read_yaml(saved)] if saved is not None and saved.exists() else []
+    if args.config is not None:
+        layers.append(read_yaml(args.config))
+    layers.append(_overrides(args))
+    return layers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bayessparse.train import CONFIG, train
+
+    saved = args.out / CONFIG if args.resume else None
+    cfg = resolve(*_config_layers(args, saved))
+    metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    print(
+        f"{cfg.method} on {cfg.data}: accuracy {metrics['accuracy']:.4f}  nll {metrics['nll']:.4f}  "
+        f"ece {metrics['ece']:.4f}  brier {metrics['brier']:.4f}  density {metrics['density']:.4f}  "
+        f"({metrics['train_seconds']:.1f} s)  -> {args.out}"
+    )
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _seeds(text: str) -> list[int]:
+    """``3`` means seeds 0, 1, 2; ``0,5,7`` lists them."""
+    try:
+        values = [int(v) for v in _names(text)]
+    except ValueError:
+        raise ConfigError(f"--seeds must be a count or a comma-separated list of integers, got {text!r}") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise ConfigError(f"--seeds count must be >= 1, got {values[0]}")
+        return list(range(values[0]))
+    return values
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from bayessparse.compare import compare, default_methods
+
+    cfg = resolve(*_config_layers(args))
+    methods = _names(args.methods) if args.methods else default_methods()
+    compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bayessparse.bench import SETUPS, measure
+    from bayessparse.files import write_json
+
+    setups = _names(args.setups)
+    unknown = [s for s in setups if s not in SETUPS]
+    if unknown:
+        raise ConfigError(f"unknown bench setup '{unknown[0]}' (choose from: {', '.join(SETUPS)})")
+    methods = _names(args.methods)
+    for method in methods:
+        check_method(method)
+    if "dense" not in methods:
+        raise ConfigError("--methods must include dense (ratios are taken against it)")
+    results = []
+    for name in setups:
+        result = measure(name, methods, rounds=args.rounds, steps=args.steps, device=args.device)
+        results.append(result)
+        for key, value in {**result["ratios"], **result["update_cost"]}.items():
+            print(f"{name:10s} {key:22s} {value:6.3f}")
+    if args.out is not None:
+        write_json(args.out, results)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="bayessparse", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    train = sub.add_parser("train", help="train one run into a run folder")
+    _add_run_flags(train)
+    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    comp = sub.add_parser("compare", help="train several methods x seeds and tabulate their metrics")
+    _add_run_flags(comp, skip=("--method", "--seed"))
+    comp.add_argument("--methods", help="comma-separated methods (default: dense, rigl, cigl)")
+    comp.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,1,2")
+    comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    comp.set_defaults(func=cmd_compare)
+
+    bench = sub.add_parser("bench", help="step-time ratios of the methods, measured side by side")
+    bench.add_argument("--setups", default="cnn1d,resnet18", help="comma-separated: cnn1d, resnet18")
+    bench.add_argument("--methods", default="dense,rigl,cigl", help="comma-separated methods (must include dense)")
+    bench.add_argument("--rounds", type=int, default=7)
+    bench.add_argument("--steps", type=int, default=10, help="steps per method per round")
+    bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    bench.add_argument("--out", type=Path, help="write the results as JSON")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return handler(args)
+    except ConfigError as exc:
+        print(f"bayessparse: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"bayessparse: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("bayessparse: interrupted; resume with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Run configuration: one flat, typed record resolved from defaults, a YAML file and flags.
+
+Precedence is defaults < YAML file < command-line flags. Every field is validated here, before
+anything is written to disk, so a bad value fails with one line that names the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from bayessparse.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a training run (and nothing that does not)."""
+
+    # data
+    data: str = "mnist1d"
+    data_root: str | None = None  # CIFAR only: folder holding the torchvision files
+    data_seed: int = 0  # fixes the dataset and its splits; the run seed does not move them
+    n_samples: int | None = None  # mnist1d / synthetic: total examples generated
+    label_noise: float = 0.0  # fraction of training labels replaced by a uniform class
+    # model and method
+    model: str = "cnn1d"
+    method: str = "dense"
+    sparsity: float = 0.9  # target fraction of zero prunable weights (ignored by dense)
+    layer_density: str = "erk"  # "erk" or "uniform"
+    dense_first: bool = False  # uniform only: keep the first prunable layer dense
+    update_interval: int = 100  # ΔT, steps between mask updates
+    update_alpha: float = 0.3  # α, initial fraction of active weights moved per update
+    update_end: float = 0.75  # T_end / T, mask updates stop after this fraction of steps
+    explore_c: float = 1.0  # DST-EE exploration weight c
+    drop_rate: float = 0.1  # CigL: probability that an active weight is dropped by Z
+    averaging_start: float = 0.8  # CigL: T* / T, weight averaging starts after this fraction
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4  # on conv / linear weights only, never on biases or norms
+    lr_schedule: str = "cosine"  # "cosine", "step" or "constant"
+    warmup_epochs: int = 0
+    step_milestones: tuple[float, ...] = (0.5, 0.75)  # "step": fractions of training
+    step_gamma: float = 0.1
+    # bookkeeping
+    seed: int = 0
+    engine: str = "plain"
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    eval_batch_size: int = 1024
+    ece_bins: int = 15
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["step_milestones"] = list(self.step_milestones)
+        return d
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return resolve(self.to_dict(), changes)
+
+    @property
+    def effective_sparsity(self) -> float:
+        """The sparsity a run actually targets: 0 for dense training."""
+        return 0.0 if self.method == "dense" else self.sparsity
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Convert a YAML / flag value to the field's type, or fail naming the field."""
+    hint = _HINTS[name]
+    optional = type(None) in typing.get_args(hint)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config field '{name}' must not be empty")
+    base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
+    origin = typing.get_origin(base)
+    try:
+        if origin is tuple:
+            items = value if isinstance(value, (list, tuple)) else [value]
+            return tuple(float(v) for v in items)
+        if base is bool:
+            if isinstance(value, str):
+                if value.lower() in ("true", "yes", "1"):
+                    return True
+                if value.lower() in ("false", "no", "0"):
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if base is int:
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"config field '{name}' must be {getattr(base, '__name__', base)}, got {value!r}") from None
+
+
+def _check(cfg: TrainConfig) -> None:
+    """Range checks that need no registry (those are checked where the registries live)."""
+
+    def need(ok: bool, name: str, what: str) -> None:
+        if not ok:
+            raise ConfigError(f"{name} must be {what}, got {getattr(cfg, name)!r}")
+
+    need(0.0 <= cfg.sparsity < 1.0, "sparsity", "in [0, 1)")
+    need(0.0 <= cfg.label_noise < 1.0, "label_noise", "in [0, 1)")
+    need(0.0 <= cfg.drop_rate < 1.0, "drop_rate", "in [0, 1)")
+    need(0.0 < cfg.averaging_start <= 1.0, "averaging_start", "in (0, 1]")
+    need(0.0 < cfg.update_end <= 1.0, "update_end", "in (0, 1]")
+    need(0.0 < cfg.update_alpha <= 1.0, "update_alpha", "in (0, 1]")
+    need(cfg.update_interval >= 1, "update_interval", ">= 1")
+    need(cfg.explore_c >= 0.0, "explore_c", ">= 0")
+    need(cfg.epochs >= 1, "epochs", ">= 1")
+    need(cfg.batch_size >= 1, "batch_size", ">= 1")
+    need(cfg.eval_batch_size >= 1, "eval_batch_size", ">= 1")
+    need(cfg.ece_bins >= 1, "ece_bins", ">= 1")
+    need(cfg.lr > 0.0, "lr", "> 0")
+    need(0.0 <= cfg.momentum < 1.0, "momentum", "in [0, 1)")
+    need(cfg.weight_decay >= 0.0, "weight_decay", ">= 0")
+    need(0 <= cfg.warmup_epochs < cfg.epochs, "warmup_epochs", "in [0, epochs)")
+    need(cfg.n_samples is None or cfg.n_samples > 0, "n_samples", "> 0")
+    need(cfg.layer_density in ("erk", "uniform"), "layer_density", "'erk' or 'uniform'")
+    need(cfg.lr_schedule in ("cosine", "step", "constant"), "lr_schedule", "'cosine', 'step' or 'constant'")
+    need(cfg.engine in ("plain", "pyro"), "engine", "'plain' or 'pyro'")
+    need(cfg.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'")
+    need(all(0.0 < m < 1.0 for m in cfg.step_milestones), "step_milestones", "fractions in (0, 1)")
+
+
+def resolve(*layers: Mapping[str, Any] | None) -> TrainConfig:
+    """Merge layers of settings over the defaults (later layers win) and validate the result."""
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            if name not in FIELD_NAMES:
+                raise ConfigError(f"unknown config field '{name}'")
+            merged[name] = _coerce(name, value)
+    cfg = TrainConfig(**merged)
+    _check(cfg)
+    return cfg
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping of config fields (a missing or malformed file is a ConfigError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        where = f" (line {line + 1})" if line is not None else ""
+        raise ConfigError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of field: value")
+    return data
+
+
+def dump_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+__all__ = ["TrainConfig", "FIELD_NAMES", "resolve", "read_yaml", "dump_yaml"]

@@ -1,0 +1,46 @@
+"""The :class:`DataBundle` every dataset loader returns, and the tensor-dataset constructor."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Train / validation / test splits of one dataset plus what a model needs to know about it.
+
+    Attributes:
+        name: the registry name (``"mnist1d"``, ``"cifar10"``, ...).
+        train: the training split; carries the (possibly noisy) training labels and, for CIFAR,
+            the training augmentation. Embedded datasets are ``TensorDataset(x_float32, y_int64)``.
+        val: held-out part of the original training data; clean labels, no augmentation.
+        test: the dataset's test split; clean labels, no augmentation.
+        num_classes: number of classes ``K``.
+        input_shape: shape of one example without the batch dimension, e.g. ``(40,)``.
+        true_probs: synthetic data only: ``{"train", "val", "test"}`` -> ``(N, K)`` float64 tensor of the
+            exact conditional distribution of the label each split carries (see
+            :func:`bayessparse.data.noise.noisy_label_posterior`); ``None`` elsewhere.
+        train_eval: CIFAR only: the same examples as ``train`` without augmentation (BatchNorm
+            re-estimation, train metrics); ``None`` for embedded datasets, whose ``train`` has none.
+    """
+
+    name: str
+    train: Dataset
+    val: Dataset
+    test: Dataset
+    num_classes: int
+    input_shape: tuple[int, ...]
+    true_probs: dict[str, torch.Tensor] | None = None
+    train_eval: Dataset | None = None
+
+
+def tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    """``TensorDataset(x as float32, y as int64)``, the layout the trainer batches by direct indexing."""
+    return TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+    )

@@ -1,0 +1,53 @@
+"""Atomic file writes: a reader (or a crash) never sees a half-written file.
+
+Each writer puts the bytes in a temporary file in the target's folder and renames it over the
+target; ``os.replace`` is atomic on POSIX and Windows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from bayessparse.errors import ConfigError
+
+
+def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp_path)`` and move the result onto ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_torch(path: str | Path, obj: Any) -> None:
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def load_torch(path: str | Path) -> Any:
+    """Load a checkpoint written by :func:`save_torch`; an unreadable file is a ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None

@@ -1,0 +1,72 @@
+"""The hooks a training method plugs into the training step.
+
+The trainer (:mod:`bayessparse.train`) runs one loop for every method. A step is::
+
+    with method.forward(model):          # e.g. CigL thins the weights by a random mask Z
+        loss = cross_entropy(model(x), y)
+        loss.backward()
+    if method.wants_update(t):           # e.g. RigL: drop/grow on the dense gradient,
+        method.update(t, optimizer)      #   and no optimizer step on this step
+    else:
+        method.before_optimizer_step()   # e.g. mask the gradients so pruned weights stay 0
+        optimizer.step()
+        method.after_optimizer_step()
+
+:class:`TrainingMethod` itself is plain dense training: every hook does nothing. A sparse
+method overrides the hooks it needs and nothing else; the trainer never asks which method it
+runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+
+class TrainingMethod:
+    """Dense training; the base class of every method."""
+
+    name = "dense"
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> None:
+        """Called once, after the model and optimizer exist and before any step (and before a resume)."""
+
+    @contextlib.contextmanager
+    def forward(self, model: nn.Module) -> Iterator[None]:
+        """Context around the forward and backward pass of a step."""
+        yield
+
+    def wants_update(self, step: int) -> bool:
+        """Whether ``step`` is a structure-update step (no optimizer step is taken on it)."""
+        return False
+
+    def update(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """Move the structure, using the gradients of the current mini-batch."""
+        return {}
+
+    def before_optimizer_step(self) -> None:
+        """Called after the backward pass, before ``optimizer.step()``."""
+
+    def after_optimizer_step(self) -> None:
+        """Called right after ``optimizer.step()``."""
+
+    def end_of_epoch(self, epoch: int, step: int) -> None:
+        """Called after each epoch (``epoch`` counts from 1, ``step`` is the global step)."""
+
+    def final_model(self, model: nn.Module, recalibrate: Any) -> nn.Module:
+        """The model to evaluate after training.
+
+        ``recalibrate(model)`` re-estimates BatchNorm statistics on the training data; methods
+        that build a new set of weights (CigL's weight average) call it on that model.
+        """
+        return model
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            raise ValueError(f"method '{self.name}' has no state, got keys {sorted(state)}")

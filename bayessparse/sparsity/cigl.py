@@ -1,0 +1,82 @@
+"""CigL: RigL's deterministic mask ``M`` plus a random mask ``Z`` and mask-based weight averaging.
+
+Lei, Zhang, Xu and Mallick, "Calibrating the Rigged Lottery: Making All Tickets Reliable",
+ICLR 2023. ``M`` moves by magnitude drop / gradient grow on the RigL schedule; every step
+trains ``Z ⊙ M ⊙ W`` with a fresh ``Z ~ Bernoulli(1 - drop_rate)`` (:mod:`.random_mask`); once
+``M`` has stopped and ``T*`` has passed, the masked weights are averaged once per epoch
+(:mod:`.averaging`) and the averaged network, with re-estimated BatchNorm statistics, is the
+model that is evaluated. A run shorter than ``T*`` still averages its final epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from bayessparse.sparsity.averaging import MaskedWeightAverage
+from bayessparse.sparsity.growth import GradientGrow
+from bayessparse.sparsity.random_mask import RandomMask
+from bayessparse.sparsity.training import SparseTraining
+
+
+class CigL(SparseTraining):
+    """RigL with a per-step Bernoulli random mask and weight averaging.
+
+    Args (beyond :class:`SparseTraining`):
+        drop_rate: probability that an active weight is dropped in a step (the paper's ≈ 0.1).
+        averaging_start: ``T* / T``; averaging starts at the first epoch end with
+            ``t >= max(T*, T_end)``.
+        snapshot: ``"expected"`` or ``"sampled"`` (see :mod:`.averaging`).
+    """
+
+    def __init__(self, *args: Any, drop_rate: float = 0.1, averaging_start: float = 0.8,
+                 snapshot: str = "expected", **kwargs: Any) -> None:
+        kwargs.setdefault("grow", GradientGrow())
+        super().__init__(*args, **kwargs)
+        self.drop_rate = drop_rate
+        self.averaging_start = averaging_start
+        self.snapshot = snapshot
+
+    def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> None:
+        super().setup(model, optimizer, total_steps, steps_per_epoch)
+        seed = int(torch.randint(2**62, (1,), generator=self.generator))
+        self.random_mask = RandomMask(self.masks, self.drop_rate, seed)
+        self.average = MaskedWeightAverage(model, self.random_mask, self.snapshot)
+        self.model = model
+        self.total_steps = total_steps
+        self.averaging_step = max(int(self.averaging_start * total_steps), self.schedule.t_end)
+
+    @contextlib.contextmanager
+    def forward(self, model: nn.Module) -> Iterator[None]:
+        self.random_mask.thin_()
+        try:
+            yield
+        finally:
+            self.random_mask.restore_()
+
+    def before_optimizer_step(self) -> None:
+        self.random_mask.use_thinned_()  # grad ⊙ Z ⊙ M; the step sees the thinned weights
+
+    def after_optimizer_step(self) -> None:
+        self.random_mask.merge_()
+
+    def end_of_epoch(self, epoch: int, step: int) -> None:
+        if step >= self.averaging_step:
+            self.average.add(self.model)
+
+    def final_model(self, model: nn.Module, recalibrate: Callable[[nn.Module], None]) -> nn.Module:
+        if self.average.count == 0:  # only if training stopped before its last epoch
+            self.average.add(model)
+        return self.average.averaged_model(recalibrate)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "random_mask": self.random_mask.state_dict(), "average": self.average.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.random_mask.refresh(self.masks)
+        self.random_mask.load_state_dict(state["random_mask"])
+        self.average.load_state_dict(state["average"])

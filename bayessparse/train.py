@@ -1,0 +1,299 @@
+"""The training loop shared by every method (plain PyTorch; ``bayessparse.ppl.svi`` is its Pyro twin).
+
+One step is cross-entropy on a mini-batch, SGD with (Nesterov) momentum and weight decay on
+conv / linear weights only, and a per-step learning-rate schedule (linear warm-up, then cosine
+or step decay). The method's hooks (:mod:`bayessparse.method`) decide everything sparse.
+
+Runs are reproducible and resumable: all randomness comes from ``cfg.seed`` (the data from
+``cfg.data_seed``), a checkpoint is written atomically after every epoch, and a resumed run
+ends bit-identical to an uninterrupted one on the same machine.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import update_bn
+from tqdm.auto import tqdm
+
+import models
+from bayessparse import data as datasets
+from bayessparse.batches import batches, inputs, num_batches
+from bayessparse.config import TrainConfig, dump_yaml
+from bayessparse.errors import ConfigError, TrainingDiverged
+from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.method import TrainingMethod
+from bayessparse.methods import build_method, check_method
+from bayessparse.predict import predict_probs
+from bayessparse.sparsity.density import prunable_weights
+from bayessparse.uncertainty.metrics import summary
+from bayessparse.uncertainty.reliability import plot_reliability
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.yaml"
+METRICS = "metrics.json"
+RELIABILITY = "reliability.png"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' requested but CUDA is not available")
+    return torch.device(name)
+
+
+def load_data(cfg: TrainConfig) -> datasets.DataBundle:
+    return datasets.load(
+        cfg.data, data_seed=cfg.data_seed, root=cfg.data_root, label_noise=cfg.label_noise, n_samples=cfg.n_samples
+    )
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with weight decay on the prunable (conv / linear) weights only, never on biases or norms."""
+    decayed = {id(p) for p in prunable_weights(model).values()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if id(p) in decayed], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
+    ]
+    return torch.optim.SGD(
+        [g for g in groups if g["params"]],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov and cfg.momentum > 0,
+    )
+
+
+def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
+    """Multiplier of the base learning rate at step ``t``: linear warm-up, then cosine / step / constant."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    milestones = [int(m * total) for m in cfg.step_milestones]
+
+    def factor(t: int) -> float:
+        if t < warmup:
+            return (t + 1) / warmup
+        if cfg.lr_schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / max(1, total - warmup)))
+        if cfg.lr_schedule == "step":
+            return cfg.step_gamma ** sum(t >= m for m in milestones)
+        return 1.0
+
+    return factor
+
+
+def measured_density(model: nn.Module) -> float:
+    """Fraction of non-zero entries over all prunable weights, counted from the weights themselves."""
+    weights = list(prunable_weights(model).values())
+    nonzero = sum(int(torch.count_nonzero(w)) for w in weights)
+    return nonzero / sum(w.numel() for w in weights)
+
+
+@dataclass
+class Run:
+    """The live state of one training run: what the checkpoint saves and restores."""
+
+    cfg: TrainConfig
+    data: datasets.DataBundle
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: LambdaLR
+    method: TrainingMethod
+    generator: torch.Generator
+    device: torch.device
+    epoch: int = 0
+    step: int = 0
+    train_seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return num_batches(self.data.train, self.cfg.batch_size)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "method": self.method.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.method.load_state_dict(state["method"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.train_seconds, self.history = state["train_seconds"], state["history"]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
+    """Data, model, optimizer, schedule and method of a fresh run, seeded from ``cfg.seed``."""
+    check_method(cfg.method)
+    device = resolve_device(cfg.device)
+    data = data if data is not None else load_data(cfg)  # before seeding: generators may touch global RNGs
+    seed_everything(cfg.seed)
+    model = models.build(cfg.model, data.num_classes, data.input_shape).to(device)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    steps_per_epoch = num_batches(data.train, cfg.batch_size)
+    scheduler = LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    method = build_method(cfg, model, generator)
+    method.setup(model, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    return Run(cfg, data, model, optimizer, scheduler, method, generator, device)
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """One step of the shared algorithm; returns the mini-batch loss."""
+    run.optimizer.zero_grad(set_to_none=True)
+    with run.method.forward(run.model):
+        loss = F.cross_entropy(run.model(x), y)
+        loss.backward()
+    value = loss.item()
+    if not math.isfinite(value):
+        raise TrainingDiverged(f"loss became {value} at epoch {run.epoch + 1}, step {run.step}")
+    if run.method.wants_update(run.step):
+        run.method.update(run.step, run.optimizer)
+    else:
+        run.method.before_optimizer_step()
+        run.optimizer.step()
+        run.method.after_optimizer_step()
+    run.scheduler.step()
+    run.step += 1
+    return value
+
+
+def train_epoch(run: Run, progress: bool) -> float:
+    """One pass over the shuffled training set; returns the mean training loss."""
+    run.model.train()
+    total, count = 0.0, 0
+    stream = batches(run.data.train, run.cfg.batch_size, shuffle=True, generator=run.generator, device=run.device)
+    bar = tqdm(stream, total=run.steps_per_epoch, desc=f"epoch {run.epoch + 1}", leave=False, disable=not progress)
+    for x, y in bar:
+        total += train_step(run, x, y) * len(y)
+        count += len(y)
+    return total / count
+
+
+def recalibrate_batchnorm(run: Run, model: nn.Module) -> None:
+    """Re-estimate BatchNorm statistics of ``model`` with one pass over the (un-augmented) training set."""
+    train_set = run.data.train_eval if run.data.train_eval is not None else run.data.train
+    update_bn(inputs(train_set, run.cfg.eval_batch_size, run.device), model)
+
+
+def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.Module:
+    """Train from ``run.epoch`` to ``cfg.epochs``; checkpoint after every epoch; return the model to evaluate."""
+    cfg = run.cfg
+    epochs = tqdm(range(run.epoch, cfg.epochs), initial=run.epoch, total=cfg.epochs, desc=cfg.method, disable=not progress)
+    for _ in epochs:
+        start = time.perf_counter()
+        try:
+            loss = train_epoch(run, progress)
+        except TrainingDiverged as exc:
+            kept = f"the checkpoint of epoch {run.epoch} is kept" if run.epoch and checkpoint else "nothing was saved"
+            raise TrainingDiverged(f"{exc}; {kept}") from None
+        run.epoch += 1
+        run.method.end_of_epoch(run.epoch, run.step)
+        run.train_seconds += time.perf_counter() - start
+        val = summary(*predict_probs(run.model, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
+        run.history.append({"epoch": run.epoch, "train_loss": loss, "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
+        epochs.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val['accuracy']:.3f}")
+        if checkpoint is not None:
+            save_torch(checkpoint, run.state_dict())
+    return run.method.final_model(run.model, lambda m: recalibrate_batchnorm(run, m))
+
+
+def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
+    """Test-set metrics of ``model`` plus the run's identity; also returns the test probabilities and labels."""
+    cfg = run.cfg
+    probs, labels = predict_probs(model, run.data.test, cfg.eval_batch_size, run.device)
+    metrics: dict[str, Any] = summary(probs, labels, n_bins=cfg.ece_bins)
+    val = summary(*predict_probs(model, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
+    metrics.update(
+        {f"val_{k}": v for k, v in val.items()},
+        density=measured_density(model),
+        method=cfg.method,
+        sparsity=cfg.effective_sparsity,
+        seed=cfg.seed,
+        epochs=cfg.epochs,
+        train_seconds=run.train_seconds,
+        data=cfg.data,
+        model=cfg.model,
+        history=run.history,
+    )
+    return metrics, probs, labels
+
+
+def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
+    """Check the run folder against ``resume``; return the checkpoint to resume from, if any."""
+    checkpoint = out / CHECKPOINT
+    if resume:
+        return checkpoint if checkpoint.exists() else None
+    if checkpoint.exists() or (out / METRICS).exists():
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    return None
+
+
+def check_same_config(cfg: TrainConfig, saved: dict[str, Any], checkpoint: Path) -> None:
+    """A resumed run must continue with the exact configuration it was started with."""
+    for name, value in cfg.to_dict().items():
+        if saved.get(name) != value:
+            raise ConfigError(f"{name}={value!r} differs from the run in {checkpoint.parent} ({saved.get(name)!r})")
+
+
+def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Run ``cfg`` into the run folder ``out`` and return its metrics record.
+
+    Writes the run-folder contract: ``config.yaml`` (resolved), ``checkpoint.pt`` (after every
+    epoch, resumable; the evaluated model under ``final_model`` at the end), ``metrics.json`` and
+    ``reliability.png``. Every input is validated before the folder is created.
+    """
+    out = Path(out)
+    resume_from = prepare_run_dir(cfg, out, resume)
+    state = load_torch(resume_from) if resume_from is not None else None
+    if state is not None:
+        check_same_config(cfg, state["config"], resume_from)
+    run = build_run(cfg)
+    if state is not None:
+        run.load_state_dict(state)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / CONFIG, dump_yaml(cfg))
+    final = fit(run, out / CHECKPOINT, progress)
+    metrics, probs, labels = evaluate_model(run, final)
+    save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
+    plot_reliability(probs, labels, out / RELIABILITY, n_bins=cfg.ece_bins, title=f"{cfg.method} on {cfg.data}")
+    write_json(out / METRICS, metrics)
+    return metrics

@@ -1,0 +1,140 @@
+"""Reliability diagrams (Guo et al., 2017) written as PNG files.
+
+Uses :class:`matplotlib.figure.Figure` with the Agg canvas directly, so no pyplot and no global
+backend state. Bins come from :func:`bayessparse.uncertainty.metrics.calibration_bins`, the same
+routine the ECE uses. Each function returns the Figure it saved (handy for tests and notebooks).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch import Tensor
+
+from bayessparse.uncertainty.metrics import calibration_bins, ece_from_bins
+
+__all__ = ["plot_reliability", "plot_reliability_overlay"]
+
+_DIAGONAL_GID = "diagonal"
+
+
+def _save_png_atomic(fig: Figure, path: str | os.PathLike) -> None:
+    """Render ``fig`` to a temporary PNG next to ``path``, then ``os.replace`` it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fig.savefig(fh, format="png", dpi=150)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _bins_numpy(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[dict[str, np.ndarray], float]:
+    bins = calibration_bins(probs, labels, n_bins)
+    return {k: v.detach().cpu().double().numpy() for k, v in bins.items()}, ece_from_bins(bins)
+
+
+def _style_unit_axes(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(0.0, 1.0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3, linewidth=0.6)
+    ax.set_axisbelow(True)
+
+
+def _draw_diagonal(ax) -> None:
+    ax.plot([0, 1], [0, 1], "--", color="0.35", linewidth=1.2, label="Perfect calibration", gid=_DIAGONAL_GID)
+
+
+def _draw_reliability(ax, b: dict[str, np.ndarray], ece: float) -> None:
+    width = np.diff(b["edges"])
+    left = b["edges"][:-1]
+    acc = np.nan_to_num(b["accuracy"], nan=0.0)
+    gap = np.where(b["counts"] > 0, b["confidence"] - b["accuracy"], 0.0)
+    ax.bar(left, acc, width=width, align="edge", color="#1f77b4", edgecolor="#0d3c61", linewidth=0.8,
+           label="Accuracy")
+    ax.bar(left, gap, bottom=acc, width=width, align="edge", facecolor="#d62728", alpha=0.25,
+           edgecolor="#d62728", hatch="//", linewidth=0.8, label="Gap to confidence")
+    _draw_diagonal(ax)
+    _style_unit_axes(ax, "", "Accuracy")
+    ax.legend(loc="upper left", title=f"ECE = {ece:.4f}", frameon=True)
+
+
+def _draw_histogram(ax, b: dict[str, np.ndarray]) -> None:
+    counts = b["counts"]
+    n = counts.sum()
+    ax.bar(b["edges"][:-1], counts, width=np.diff(b["edges"]), align="edge", color="0.6", edgecolor="0.3",
+           linewidth=0.8)
+    mean_conf = np.nansum(b["confidence"] * counts) / n
+    acc = np.nansum(b["accuracy"] * counts) / n
+    ax.axvline(acc, color="#1f77b4", linestyle="-", linewidth=1.5, label=f"Accuracy ({acc:.3f})")
+    ax.axvline(mean_conf, color="#d62728", linestyle="--", linewidth=1.5, label=f"Avg. confidence ({mean_conf:.3f})")
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("Confidence")
+    ax.set_ylabel("Count")
+    ax.grid(True, axis="y", alpha=0.3, linewidth=0.6)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", frameon=True)
+
+
+def plot_reliability(probs: Tensor, labels: Tensor, path: str | os.PathLike, n_bins: int = 15,
+                     title: str | None = None) -> Figure:
+    """Reliability diagram (top) and confidence histogram (bottom) of one model, saved as PNG.
+
+    ``probs`` is ``(N, C)`` or ``(S, N, C)`` (averaged over ``S``), ``labels`` is ``(N,)``. The
+    top panel has one bar per bin with height ``acc_b``, the gap up to ``conf_b`` hatched, and
+    the diagonal; the ECE is in the legend. The bottom panel shows ``n_b`` per bin with vertical
+    lines at the overall accuracy and mean confidence. Written atomically; returns the Figure.
+    """
+    b, ece = _bins_numpy(probs, labels, n_bins)
+    fig = Figure(figsize=(5.0, 6.4), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    _draw_reliability(top, b, ece)
+    _draw_histogram(bottom, b)
+    top.set_title(title or "Reliability diagram")
+    _save_png_atomic(fig, path)
+    return fig
+
+
+def plot_reliability_overlay(curves: dict[str, tuple[Tensor, Tensor]], path: str | os.PathLike,
+                             n_bins: int = 15, title: str | None = None) -> Figure:
+    """Reliability curves of several methods on one axes, saved as PNG.
+
+    ``curves`` maps a method name to ``(probs, labels)``. Each method is one line with markers at
+    ``(conf_b, acc_b)`` over its non-empty bins, labelled with its ECE; plus the diagonal.
+    Written atomically; returns the Figure.
+    """
+    if not curves:
+        raise ValueError("curves must contain at least one method")
+    fig = Figure(figsize=(5.6, 6.2), layout="constrained")
+    ax = fig.subplots()
+    _draw_diagonal(ax)
+    for name, (probs, labels) in curves.items():
+        b, ece = _bins_numpy(probs, labels, n_bins)
+        keep = b["counts"] > 0
+        ax.plot(b["confidence"][keep], b["accuracy"][keep], marker="o", markersize=4, linewidth=1.6,
+                clip_on=False, label=f"{name} (ECE {ece:.4f})")
+    _style_unit_axes(ax, "Confidence", "Accuracy")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    ax.set_title(title or "Reliability diagram")
+    _save_png_atomic(fig, path)
+    return fig

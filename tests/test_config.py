@@ -1,0 +1,57 @@
+import pytest
+import yaml
+
+from bayessparse.config import FIELD_NAMES, TrainConfig, dump_yaml, read_yaml, resolve
+from bayessparse.errors import ConfigError
+
+
+def test_precedence_defaults_yaml_flags():
+    cfg = resolve({"lr": 0.5, "epochs": 3}, {"epochs": "7"})
+    assert cfg.lr == 0.5 and cfg.epochs == 7 and cfg.batch_size == TrainConfig().batch_size
+
+
+def test_yaml_round_trip(tmp_path):
+    cfg = resolve({"sparsity": 0.8, "step_milestones": [0.3, 0.6], "method": "dense"})
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_yaml(cfg))
+    assert resolve(read_yaml(path)) == cfg
+    assert set(yaml.safe_load(path.read_text())) == set(FIELD_NAMES)
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("sparsity", 1.0), ("sparsity", -0.1), ("epochs", 0), ("lr", 0.0), ("drop_rate", 1.0),
+     ("label_noise", 1.5), ("layer_density", "gaussian"), ("lr_schedule", "linear"), ("batch_size", 0)],
+)
+def test_out_of_range_values_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=field):
+        resolve({field: value})
+
+
+def test_type_errors_name_the_field():
+    with pytest.raises(ConfigError, match="epochs"):
+        resolve({"epochs": "ten"})
+    with pytest.raises(ConfigError, match="epochs"):
+        resolve({"epochs": 2.5})
+    with pytest.raises(ConfigError, match="nesterov"):
+        resolve({"nesterov": "maybe"})
+
+
+def test_unknown_field_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown config field 'learning_rate'"):
+        resolve({"learning_rate": 0.1})
+    with pytest.raises(ConfigError, match="not found"):
+        read_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [0.1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_yaml(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        read_yaml(listing)
+
+
+def test_dense_has_zero_effective_sparsity():
+    assert resolve({"method": "dense", "sparsity": 0.9}).effective_sparsity == 0.0
+    assert resolve({"method": "rigl", "sparsity": 0.9}).effective_sparsity == 0.9
