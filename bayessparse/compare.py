@@ -20,10 +20,10 @@ from typing import Any, Sequence
 import torch
 
 from bayessparse.config import TrainConfig
-from bayessparse.files import load_torch, write_json, write_text
+from bayessparse.files import write_json, write_text
 from bayessparse.methods import METHODS, check_method
 from bayessparse.predict import predict_probs
-from bayessparse.train import CHECKPOINT, build_run, load_data, train
+from bayessparse.train import load_data, load_finished, train
 from bayessparse.uncertainty.reliability import plot_reliability, plot_reliability_overlay
 
 DEFAULT_METHODS = ("dense", "rigl", "cigl")
@@ -62,11 +62,10 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _test_predictions(cfg: TrainConfig, run_dir: Path, data) -> tuple[torch.Tensor, torch.Tensor]:
+def _test_predictions(run_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """Test probabilities of a finished run's evaluated model."""
-    run = build_run(cfg, data)
-    run.model.load_state_dict(load_torch(run_dir / CHECKPOINT)["final_model"])
-    return predict_probs(run.model, data.test, cfg.eval_batch_size, run.device)
+    run, model = load_finished(run_dir)
+    return predict_probs(model, run.data.test, run.cfg.eval_batch_size, run.device)
 
 
 def compare(
@@ -77,7 +76,7 @@ def compare(
         check_method(method)
     configs = {(m, s): base.replace(method=m, seed=s) for m in methods for s in seeds}
     out = Path(out)
-    data = load_data(base)  # validates the data fields before any folder exists
+    load_data(base)  # validates the data fields before any folder exists
     records = []
     for (method, seed), cfg in configs.items():
         records.append(train(cfg, out / method / f"seed-{seed}", resume=True, progress=progress))
@@ -88,7 +87,7 @@ def compare(
     write_json(out / "results.json", {"runs": records, "summary": summary})
     curves = {}
     for method in methods:
-        preds = [_test_predictions(configs[method, s], out / method / f"seed-{s}", data) for s in seeds]
+        preds = [_test_predictions(out / method / f"seed-{s}") for s in seeds]
         probs, labels = torch.cat([p for p, _ in preds]), torch.cat([y for _, y in preds])
         curves[method] = (probs, labels)
         plot_reliability(probs, labels, out / f"reliability-{method}.png", n_bins=base.ece_bins, title=method)

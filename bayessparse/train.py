@@ -11,6 +11,7 @@ ends bit-identical to an uninterrupted one on the same machine.
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -29,7 +30,7 @@ from tqdm.auto import tqdm
 import models
 from bayessparse import data as datasets
 from bayessparse.batches import batches, inputs, num_batches
-from bayessparse.config import TrainConfig, dump_yaml
+from bayessparse.config import TrainConfig, dump_yaml, read_yaml, resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, save_torch, write_json, write_text
 from bayessparse.method import TrainingMethod
@@ -265,6 +266,26 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
     if checkpoint.exists() or (out / METRICS).exists():
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     return None
+
+
+def load_finished(run_dir: str | Path) -> tuple[Run, nn.Module]:
+    """Rebuild a finished run from its folder: the run (state at the end of training) and its evaluated model.
+
+    The evaluated model is the one ``metrics.json`` describes (for CigL the averaged network).
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
+    cfg = resolve(read_yaml(run_dir / CONFIG))
+    state = load_torch(run_dir / CHECKPOINT)
+    if "final_model" not in state:
+        raise ConfigError(f"the run in {run_dir} has not finished (resume it with: bayessparse train --out {run_dir} --resume)")
+    run = build_run(cfg)
+    run.load_state_dict(state)
+    final = copy.deepcopy(run.model)
+    final.load_state_dict(state["final_model"])
+    final.eval()
+    return run, final
 
 
 def check_same_config(cfg: TrainConfig, saved: dict[str, Any], checkpoint: Path) -> None:
