@@ -138,6 +138,55 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_imp(args: argparse.Namespace) -> int:
+    from bayessparse.sparsity.imp import CONFIG, best_round, format_table, imp, resolve_settings
+
+    saved = args.out / CONFIG if args.resume else None
+    layers = _config_layers(args, saved)
+    imp_layers = [layer.pop("imp", None) for layer in layers]  # YAML files may carry an "imp:" mapping
+    cfg = resolve(*layers)
+    flags = {"rounds": args.rounds, "prune_fraction": args.prune_fraction, "rewind_epoch": args.rewind_epoch,
+             "prune_output": args.prune_output}
+    settings = resolve_settings(*imp_layers, flags, epochs=cfg.epochs)
+    records = imp(cfg, args.out, settings, resume=args.resume, progress=not args.no_progress)
+    best = best_round(records)
+    print(format_table(records))
+    kl = f"  kl {best['kl_clean']:.4f}" if "kl_clean" in best else ""
+    print(
+        f"best round {best['round']}: density {best['density']:.4f}  nonzero {best['nonzero']}  "
+        f"test error {best['test_error']:.4f}  ece {best['ece']:.4f}{kl}  -> {args.out}"
+    )
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bayessparse.evaluate import EVAL, evaluate_run, format_summary
+
+    record = evaluate_run(
+        args.run, ood=args.ood, corruptions=args.corruptions, temperature=not args.no_temperature,
+        n_bins=args.bins, corruptions_root=args.corruptions_root, seed=args.seed, progress=not args.no_progress,
+    )
+    print(format_summary(record))
+    print(f"-> {args.run / EVAL}")
+    return 0
+
+
+def cmd_ensemble(args: argparse.Namespace) -> int:
+    from bayessparse.ensembles import ensemble, format_report
+
+    cfg = resolve(*_config_layers(args))
+    edst = {"explore_epochs": args.explore_epochs, "refine_epochs": args.refine_epochs, "refine_lr": args.refine_lr}
+    if args.jump_fraction is not None:
+        edst["jump_fraction"] = args.jump_fraction
+    result = ensemble(
+        cfg, args.kind, args.members, args.out, **edst,
+        dense_reference=args.dense_reference, progress=not args.no_progress,
+    )
+    print(format_report(result))
+    print(f"-> {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bayessparse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -150,10 +199,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     comp = sub.add_parser("compare", help="train several methods x seeds and tabulate their metrics")
     _add_run_flags(comp, skip=("--method", "--seed"))
-    comp.add_argument("--methods", help="comma-separated methods (default: dense, rigl, cigl)")
+    comp.add_argument(
+        "--methods",
+        help="comma-separated entries (default: dense, rigl, cigl): a method, or an ensemble edst:METHOD:M, "
+        "dst:METHOD:M, METHOD:M (= dst:METHOD:M), e.g. cigl,edst:rigl:3,dense:3 (rows 'EDST(RigL) x3', 'dense x3')",
+    )
     comp.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,1,2")
     comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     comp.set_defaults(func=cmd_compare)
+
+    evaluate = sub.add_parser("evaluate", help="calibration, temperature scaling, OOD and corruptions of a finished run")
+    evaluate.add_argument("run", type=Path, help="run folder (written by train or compare)")
+    evaluate.add_argument("--ood", help="OOD set: shuffled, noise, feature-shift, far-shift, or none (default: the dataset's)")
+    evaluate.add_argument("--corruptions", action="store_true", help="corruption suite, severities 1-5")
+    evaluate.add_argument("--corruptions-root", type=Path, help="CIFAR-10-C / CIFAR-100-C folder of .npy files (implies --corruptions)")
+    evaluate.add_argument("--no-temperature", action="store_true", help="skip temperature scaling")
+    evaluate.add_argument("--bins", type=int, default=None, help="ECE bins (default: the run's ece_bins)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the OOD set and the corruptions")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
+    evaluate.set_defaults(func=cmd_evaluate)
 
     bench = sub.add_parser("bench", help="step-time ratios of the methods, measured side by side")
     bench.add_argument("--setups", default="cnn1d,resnet18", help="comma-separated: cnn1d, resnet18")
@@ -163,6 +227,31 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     bench.add_argument("--out", type=Path, help="write the results as JSON")
     bench.set_defaults(func=cmd_bench)
+
+    imp = sub.add_parser("imp", help="iterative magnitude pruning with rewinding: the sparse double descent")
+    _add_run_flags(imp, skip=("--method",))
+    imp.add_argument("--rounds", type=int, default=None, help="pruning rounds after the dense one (default 10)")
+    imp.add_argument("--prune-fraction", type=float, default=None, help="fraction of survivors pruned per round (0.2)")
+    imp.add_argument("--rewind-epoch", type=int, default=None, help="rewind to this epoch of dense training (0: init)")
+    imp.add_argument("--prune-output", action=argparse.BooleanOptionalAction, default=None,
+                     help="also prune the output layer (default: kept dense)")
+    imp.add_argument("--out", type=Path, required=True, help="sweep folder")
+    imp.add_argument("--resume", action="store_true", help="continue (or extend) the sweep in --out")
+    imp.set_defaults(func=cmd_imp)
+    ens = sub.add_parser("ensemble", help="FreeTickets DST / EDST ensembles of sparse networks")
+    _add_run_flags(ens)
+    ens.add_argument("--kind", required=True, help="dst (M independent runs) or edst (one run, M phases)")
+    ens.add_argument("--members", type=int, default=3, help="number of members M (>= 2)")
+    ens.add_argument("--out", type=Path, required=True, help="output folder (re-running continues it)")
+    ens.add_argument("--explore-epochs", type=int, help="EDST: exploration epochs (default 0.6 x --epochs)")
+    ens.add_argument("--refine-epochs", type=int, help="EDST: epochs per member (default 0.4 x --epochs)")
+    ens.add_argument("--refine-lr", type=float, help="EDST: lr at the start of each refinement phase (default --lr)")
+    ens.add_argument("--jump-fraction", type=float, help="EDST: fraction of active weights moved by a jump (0.8)")
+    ens.add_argument(
+        "--dense-reference", default="auto",
+        help="run folder of a finished dense run for the time ratio; auto (train one) or none",
+    )
+    ens.set_defaults(func=cmd_ensemble)
     return parser
 
 

@@ -35,7 +35,7 @@ def test_cigl_kept_fraction_matches_drop_rate():
         for _ in range(200):
             z = rm.sample()
             kept += sum(int(k.sum()) for k in z)
-            active += sum(int(m.sum()) for m in rm.masks)
+            active += sum(int(m.sum()) for m in run.method.masks.masks.values())
         assert kept / active == pytest.approx(1 - drop_rate, abs=0.005)
 
 
@@ -52,7 +52,7 @@ def test_cigl_step_trains_only_kept_weights_on_thinned_forward():
     x, y = next(_batches(run, 1))
     train_step(run, x, y)
     hook.remove()
-    for (name, w), kept in zip(method.masks.weights.items(), method.random_mask.kept):
+    for (name, w), kept in zip(method.masks.weights.items(), method.random_mask.kept_masks()):
         dropped = kept == 0
         assert torch.equal(w.detach()[dropped], before[name][dropped]), name  # momentum + decay did not move them
         assert torch.equal(seen[name], before[name] * kept), name  # the forward saw Z ⊙ M ⊙ W

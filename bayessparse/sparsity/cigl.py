@@ -57,8 +57,14 @@ class CigL(SparseTraining):
         finally:
             self.random_mask.restore_()
 
+    def update(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        stats = super().update(step, optimizer)
+        self.random_mask.refresh()
+        return stats
+
     def before_optimizer_step(self) -> None:
-        self.random_mask.use_thinned_()  # grad ⊙ Z ⊙ M; the step sees the thinned weights
+        super().before_optimizer_step()  # grad ⊙ M
+        self.random_mask.use_thinned_()  # and ⊙ Z: the step sees the thinned weights
 
     def after_optimizer_step(self) -> None:
         self.random_mask.merge_()
@@ -77,6 +83,5 @@ class CigL(SparseTraining):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.random_mask.refresh(self.masks)
         self.random_mask.load_state_dict(state["random_mask"])
         self.average.load_state_dict(state["average"])

@@ -101,19 +101,58 @@ class MaskUpdater:
         if not self.schedule.is_update_step(t):
             return {"step": t, "updated": False, "fraction": 0.0, "changed": 0, "layers": {}}
         f = self.schedule.fraction(t)
+        per_layer = self._drop_and_grow(f, optimizer, self.drop, self.grow)
+        self.num_updates += 1
+        return {
+            "step": t,
+            "updated": True,
+            "fraction": f,
+            "changed": sum(per_layer.values()),
+            "layers": per_layer,
+        }
+
+    @torch.no_grad()
+    def jump(
+        self,
+        fraction: float,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        drop: DropCriterion | None = None,
+        grow: GrowCriterion | None = None,
+    ) -> dict:
+        """One drop/grow update with an explicit ``fraction``, outside the schedule.
+
+        FreeTickets' EDST "large jump" (Liu et al., ICLR 2022) is ``jump(0.8, optimizer, drop=MagnitudeDrop(),
+        grow=GradientGrow())``: for every sparse layer, ``k_l = floor(fraction * nnz_l)`` active weights of
+        smallest score are dropped and as many inactive positions grown, exactly as in :meth:`update` (nnz
+        preserved, grown and dropped weights and their optimizer state zeroed). ``drop`` / ``grow`` default to
+        the updater's own criteria; a gradient criterion needs the dense gradient in ``weight.grad``. The jump
+        does not count in ``num_updates`` (that counts scheduled updates).
+
+        Returns ``{"fraction", "changed", "layers": {name: positions changed}}`` like :meth:`update`.
+        """
+        if not (0.0 < float(fraction) <= 1.0):
+            raise ValueError(f"jump fraction must be in (0, 1], got {fraction!r}")
+        per_layer = self._drop_and_grow(float(fraction), optimizer, drop or self.drop, grow or self.grow)
+        return {"fraction": float(fraction), "changed": sum(per_layer.values()), "layers": per_layer}
+
+    def _drop_and_grow(
+        self, f: float, optimizer: torch.optim.Optimizer | None, drop: DropCriterion, grow: GrowCriterion
+    ) -> dict[str, int]:
+        """Drop/grow ``floor(f * nnz_l)`` weights of every sparse layer; returns the positions changed per layer."""
         per_layer: dict[str, int] = {}
         for name in self.masks.sparse_layers():
             weight = self.masks.weights[name]
             mask = self.masks.masks[name]
-            self.grow.observe(name, mask)
-            self.drop.observe(name, mask)
+            grow.observe(name, mask)
+            drop.observe(name, mask)
             view = LayerView(name=name, weight=weight.detach(), grad=weight.grad, mask=mask)
             k = math.floor(f * self.masks.target_nnz[name])
             if k <= 0:
                 per_layer[name] = 0
                 continue
-            d_scores = self.drop.scores(view)
-            g_scores = self.grow.scores(view, self.generator)
+            d_scores = drop.scores(view)
+            g_scores = grow.scores(view, self.generator)
             old_active = mask != 0
             new_mask, grown = drop_and_grow(weight.data, mask, k, d_scores, g_scores, self.generator)
             changed = grown | (old_active & (new_mask == 0))
@@ -123,14 +162,7 @@ class MaskUpdater:
         self.masks.apply_()
         # the dense gradient of this step must not leak into masked positions if the loop steps anyway
         self.masks.mask_grads_()
-        self.num_updates += 1
-        return {
-            "step": t,
-            "updated": True,
-            "fraction": f,
-            "changed": sum(per_layer.values()),
-            "layers": per_layer,
-        }
+        return per_layer
 
     def state_dict(self) -> dict:
         """Criteria state and the update count. The masks (:meth:`MaskSet.state_dict`), the generator state and

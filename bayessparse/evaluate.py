@@ -1,0 +1,321 @@
+"""The evaluate job: calibration, temperature scaling, OOD detection and corruption robustness of a finished run.
+
+:func:`evaluate_run` reads a run folder (:func:`bayessparse.train.load_finished`), evaluates the
+model that ``metrics.json`` describes and writes, atomically:
+
+* ``RUN/eval.json`` (written last, so its presence means the evaluation finished):
+    - ``test``: accuracy, nll, ece, adaptive_ece, classwise_ece, mce, brier on the test split;
+    - ``temperature_scaled``: the same after temperature scaling fitted on the validation split
+      (:mod:`bayessparse.uncertainty.temperature`) plus ``temperature`` and the validation NLL
+      before / after (``val_nll``, ``val_nll_scaled``) — the classic post-hoc baseline;
+    - ``ood``: the OOD set (:mod:`bayessparse.data.ood`; the dataset's default unless named),
+      and AUROC / AUPR / FPR95 per score (``max_softmax``, ``entropy`` and, with per-sample
+      predictions, ``mutual_information``; OOD is the positive class, see
+      :mod:`bayessparse.uncertainty.ood`), also for the temperature-scaled model;
+    - ``corruptions``: accuracy, nll, ece, brier (and the temperature-scaled nll / ece) per
+      corruption and severity 1..5 (:mod:`bayessparse.data.corruptions`, or a CIFAR-10-C folder),
+      the clean values, and the mean over corruptions per severity;
+* ``RUN/reliability_temperature.png``: reliability diagram of the temperature-scaled model
+  (the plain one is the run's ``reliability.png``);
+* ``RUN/ood_scores.png``: histograms of the in- vs out-of-distribution scores;
+* ``RUN/corruptions.png``: accuracy and ECE against severity, one line per corruption.
+
+Per-sample predictions: by default the run's single network is evaluated (``(N, C)``
+probabilities). ``sample_probs(dataset) -> (S, N, C)`` replaces it everywhere (MC samples of the
+posterior predictive, ensemble members): metrics then use the predictive mean, the mutual
+information becomes available, and the temperature is fitted on ``log p̄`` (see
+:func:`~bayessparse.uncertainty.temperature.fit_temperature`).
+
+Every input problem (not a run folder, an unfinished run, an unknown OOD set, a bad corruptions
+folder, ``n_bins < 1``) raises :class:`~bayessparse.errors.ConfigError` before anything is written.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from bayessparse.batches import batches
+from bayessparse.data.corruptions import (
+    SEVERITIES,
+    corruption_names,
+    corruption_suite,
+    folder_corruption_suite,
+    input_kind,
+)
+from bayessparse.data.ood import check_ood, make_ood
+from bayessparse.errors import ConfigError
+from bayessparse.files import write_json
+from bayessparse.predict import predict_logits
+from bayessparse.uncertainty.calibration import (
+    adaptive_calibration_error,
+    classwise_calibration_error,
+    maximum_calibration_error,
+)
+from bayessparse.uncertainty.metrics import accuracy, brier, expected_calibration_error, nll, predictive_mean
+from bayessparse.uncertainty.ood import SCORES, ood_metrics, ood_scores
+from bayessparse.uncertainty.reliability import _save_png_atomic, plot_reliability
+from bayessparse.uncertainty.temperature import apply_temperature, fit_temperature, temperature_nll
+
+__all__ = ["EVAL", "calibration_summary", "evaluate_run"]
+
+EVAL = "eval.json"
+CORRUPTIONS_PNG = "corruptions.png"
+OOD_PNG = "ood_scores.png"
+RELIABILITY_TS_PNG = "reliability_temperature.png"
+NO_OOD = "none"
+
+SampleProbs = Callable[[Dataset], Tensor]
+
+
+def calibration_summary(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
+    """accuracy, nll, ece, adaptive_ece, classwise_ece, mce, brier of ``(N, C)`` / ``(S, N, C)`` probabilities."""
+    return {
+        "accuracy": accuracy(probs, labels),
+        "nll": nll(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "adaptive_ece": adaptive_calibration_error(probs, labels, n_bins),
+        "classwise_ece": classwise_calibration_error(probs, labels, n_bins),
+        "mce": maximum_calibration_error(probs, labels, n_bins),
+        "brier": brier(probs, labels),
+    }
+
+
+def _shift_summary(probs: Tensor, labels: Tensor, n_bins: int, scaled: Tensor | None) -> dict[str, float]:
+    out = {
+        "accuracy": accuracy(probs, labels),
+        "nll": nll(probs, labels),
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "brier": brier(probs, labels),
+    }
+    if scaled is not None:
+        out["nll_temperature_scaled"] = nll(scaled, labels)
+        out["ece_temperature_scaled"] = expected_calibration_error(scaled, labels, n_bins)
+    return out
+
+
+class _Predictor:
+    """Probabilities and (predictive) logits of the evaluated model on any dataset."""
+
+    def __init__(self, model, batch_size: int, device, sample_probs: SampleProbs | None):
+        self.model, self.batch_size, self.device, self.sample_probs = model, batch_size, device, sample_probs
+
+    def __call__(self, dataset: Dataset) -> tuple[Tensor, Tensor, Tensor]:
+        """``(probs (N, C) or (S, N, C), logits of the predictive mean (N, C), labels)``."""
+        if self.sample_probs is None:
+            logits, labels = predict_logits(self.model, dataset, self.batch_size, self.device)
+            return logits.softmax(-1), logits, labels
+        probs = self.sample_probs(dataset)
+        if not isinstance(probs, Tensor) or probs.dim() != 3 or probs.shape[1] != len(dataset):
+            raise ValueError(f"sample_probs must return (S, N, C) with N = {len(dataset)}, got {getattr(probs, 'shape', probs)}")
+        probs = probs.detach().double().cpu()
+        labels = torch.cat([y for _, y in batches(dataset, self.batch_size)])
+        return probs, predictive_mean(probs).clamp_min(1e-300).log(), labels
+
+
+def _check_n_bins(n_bins: Any) -> int:
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ConfigError(f"--bins must be an integer >= 1, got {n_bins!r}")
+    return n_bins
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    ood: str | None = None,
+    corruptions: bool = False,
+    temperature: bool = True,
+    n_bins: int | None = None,
+    *,
+    corruptions_root: str | Path | None = None,
+    sample_probs: SampleProbs | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the finished run in ``run_dir``; write ``eval.json`` and the plots; return the record.
+
+    Args:
+        ood: OOD set name (:data:`bayessparse.data.ood.OOD_SETS`), ``None`` for the dataset's
+            default, ``"none"`` to skip OOD detection.
+        corruptions: evaluate the corruption suite (implied by ``corruptions_root``).
+        temperature: fit and report temperature scaling.
+        n_bins: ECE bins (default: the run's ``ece_bins``).
+        corruptions_root: a CIFAR-10-C / CIFAR-100-C folder used instead of generated corruptions.
+        sample_probs: ``dataset -> (S, N, C)`` per-sample probabilities replacing the single model.
+        seed: seeds the OOD set and the generated corruptions.
+    """
+    from bayessparse.train import load_finished, measured_density
+
+    run_dir = Path(run_dir)
+    run, model = load_finished(run_dir)
+    cfg, data = run.cfg, run.data
+    n_bins = _check_n_bins(cfg.ece_bins if n_bins is None else n_bins)
+    kind = input_kind(cfg.data, data.input_shape)
+    ood_name = None if ood == NO_OOD else check_ood(ood, kind, cfg.data)
+    folder_suite = folder_corruption_suite(corruptions_root, cfg.data) if corruptions_root is not None else None
+    corruptions = corruptions or folder_suite is not None
+
+    predict = _Predictor(model, cfg.eval_batch_size, run.device, sample_probs)
+    probs, logits, labels = predict(data.test)
+    record: dict[str, Any] = {
+        "run": str(run_dir),
+        "method": cfg.method,
+        "data": cfg.data,
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "sparsity": cfg.effective_sparsity,
+        "density": measured_density(model),
+        "predictive": "single model" if sample_probs is None else f"{probs.shape[0]} samples",
+        "n_bins": n_bins,
+        "n_test": len(labels),
+        "test": calibration_summary(probs, labels, n_bins),
+    }
+
+    temp = None
+    written = []
+    if temperature:
+        _, val_logits, val_labels = predict(data.val)
+        temp = fit_temperature(val_logits, val_labels)
+        scaled = apply_temperature(logits, temp)
+        record["temperature_scaled"] = {
+            **calibration_summary(scaled, labels, n_bins),
+            "temperature": temp,
+            "val_nll": temperature_nll(val_logits, val_labels, 1.0),
+            "val_nll_scaled": temperature_nll(val_logits, val_labels, temp),
+        }
+        plot_reliability(scaled, labels, run_dir / RELIABILITY_TS_PNG, n_bins=n_bins,
+                         title=f"{cfg.method} on {cfg.data}, temperature scaled (T = {temp:.3f})")
+        written.append(RELIABILITY_TS_PNG)
+
+    record["ood"] = None
+    if ood_name is not None:
+        out_probs, out_logits, _ = predict(make_ood(ood_name, data.test, kind, seed=seed))
+        ood_block: dict[str, Any] = {"set": ood_name, "n_in": len(labels), "n_out": out_probs.shape[-2],
+                                     "scores": ood_metrics(probs, out_probs)}
+        if temp is not None:
+            ood_block["scores_temperature_scaled"] = ood_metrics(apply_temperature(logits, temp),
+                                                                 apply_temperature(out_logits, temp))
+        record["ood"] = ood_block
+        plot_ood_scores(ood_scores(probs), ood_scores(out_probs), run_dir / OOD_PNG,
+                        title=f"{cfg.method} on {cfg.data}: test vs OOD '{ood_name}'")
+        written.append(OOD_PNG)
+
+    record["corruptions"] = None
+    if corruptions:
+        suite = folder_suite if folder_suite is not None else corruption_suite(data.test, kind, seed=seed)
+        results: dict[str, list[dict[str, Any]]] = {}
+        total = None if folder_suite is not None else len(SEVERITIES) * len(corruption_names(kind))
+        for name, severity, dataset in tqdm(suite, total=total, desc="corruptions", leave=False, disable=not progress):
+            c_probs, c_logits, c_labels = predict(dataset)
+            scaled = apply_temperature(c_logits, temp) if temp is not None else None
+            results.setdefault(name, []).append({"severity": severity, **_shift_summary(c_probs, c_labels, n_bins, scaled)})
+        clean = _shift_summary(probs, labels, n_bins, apply_temperature(logits, temp) if temp is not None else None)
+        mean = [
+            {"severity": s, **{k: float(np.mean([rows[s - 1][k] for rows in results.values()])) for k in clean}}
+            for s in SEVERITIES
+        ]
+        record["corruptions"] = {
+            "source": "generated" if folder_suite is None else f"folder {Path(corruptions_root)}",
+            "kind": kind,
+            "seed": seed,
+            "clean": clean,
+            "results": results,
+            "mean": mean,
+        }
+        plot_corruptions(clean, results, run_dir / CORRUPTIONS_PNG, title=f"{cfg.method} on {cfg.data}: corruptions")
+        written.append(CORRUPTIONS_PNG)
+
+    record["files"] = written
+    write_json(run_dir / EVAL, record)
+    return record
+
+
+# ----------------------------------------------------------------------------- plots
+
+
+def plot_corruptions(clean: dict[str, float], results: dict[str, list[dict[str, Any]]], path: str | Path,
+                     title: str | None = None) -> Figure:
+    """Accuracy (left) and ECE (right) against severity (0 = clean), one line per corruption plus the mean."""
+    fig = Figure(figsize=(10.0, 4.2), layout="constrained")
+    axes = fig.subplots(1, 2)
+    severities = [0, *SEVERITIES]
+    for ax, key, label in zip(axes, ("accuracy", "ece"), ("Accuracy", "ECE")):
+        for name, rows in results.items():
+            by_sev = {r["severity"]: r[key] for r in rows}
+            ax.plot(severities, [clean[key]] + [by_sev.get(s, math.nan) for s in SEVERITIES], marker="o",
+                    markersize=4, linewidth=1.4, label=name)
+        mean = [clean[key]] + [float(np.nanmean([{r["severity"]: r[key] for r in rows}.get(s, math.nan)
+                                                  for rows in results.values()])) for s in SEVERITIES]
+        ax.plot(severities, mean, color="black", linestyle="--", linewidth=2.0, label="mean")
+        ax.set_xticks(severities, ["clean", *map(str, SEVERITIES)])
+        ax.set_xlabel("Severity")
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+        if key == "accuracy":
+            ax.set_ylim(0.0, 1.0)
+        else:
+            ax.set_ylim(bottom=0.0)
+    axes[0].legend(loc="lower left", fontsize="small", frameon=True)
+    fig.suptitle(title or "Corruptions")
+    _save_png_atomic(fig, path)
+    return fig
+
+
+_SCORE_LABELS = {"max_softmax": "max softmax probability", "entropy": "predictive entropy (nats)",
+                 "mutual_information": "mutual information (nats)"}
+
+
+def plot_ood_scores(scores_in: dict[str, Tensor], scores_out: dict[str, Tensor], path: str | Path,
+                    title: str | None = None) -> Figure:
+    """One panel per score: density histograms of the in-distribution and OOD scores on shared bins."""
+    names = [n for n in SCORES if n in scores_in and n in scores_out]
+    fig = Figure(figsize=(4.2 * len(names), 3.8), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(names)))
+    for ax, name in zip(axes, names):
+        s_in, s_out = scores_in[name].double().numpy(), scores_out[name].double().numpy()
+        lo, hi = float(min(s_in.min(), s_out.min())), float(max(s_in.max(), s_out.max()))
+        edges = np.linspace(lo, hi if hi > lo else lo + 1e-6, 31)
+        ax.hist(s_in, bins=edges, density=True, alpha=0.55, color="#1f77b4", label="in-distribution (test)")
+        ax.hist(s_out, bins=edges, density=True, alpha=0.55, color="#d62728", label="OOD")
+        ax.set_xlabel(_SCORE_LABELS.get(name, name))
+        ax.set_ylabel("Density")
+        ax.grid(True, alpha=0.3, linewidth=0.6)
+    axes[0].legend(loc="upper center", fontsize="small", frameon=True)
+    fig.suptitle(title or "OOD scores")
+    _save_png_atomic(fig, path)
+    return fig
+
+
+# ----------------------------------------------------------------------------- text summary
+
+
+def format_summary(record: dict[str, Any]) -> str:
+    """The compact table ``bayessparse evaluate`` prints."""
+    cols = ("accuracy", "nll", "ece", "adaptive_ece", "classwise_ece", "mce", "brier")
+    heads = ("acc", "nll", "ece", "ada-ece", "cw-ece", "mce", "brier")
+    lines = [f"{record['method']} on {record['data']} ({record['predictive']}, {record['n_bins']} bins, "
+             f"n_test {record['n_test']})",
+             f"{'':24s}" + "".join(f"{h:>9s}" for h in heads),
+             f"{'test':24s}" + "".join(f"{record['test'][c]:9.4f}" for c in cols)]
+    ts = record.get("temperature_scaled")
+    if ts:
+        lines.append(f"{'temp. scaled T=' + format(ts['temperature'], '.3f'):24s}" + "".join(f"{ts[c]:9.4f}" for c in cols))
+    if record.get("ood"):
+        o = record["ood"]
+        lines.append(f"OOD '{o['set']}' ({o['n_out']} inputs){'':4s}" + "".join(f"{h:>9s}" for h in ("auroc", "aupr", "fpr95")))
+        for name, m in o["scores"].items():
+            lines.append(f"  {name:22s}" + "".join(f"{m[k]:9.4f}" for k in ("auroc", "aupr", "fpr95")))
+    if record.get("corruptions"):
+        c = record["corruptions"]
+        lines.append(f"corruptions ({c['source']}, mean over {len(c['results'])}){'':2s}clean"
+                     + "".join(f"{'sev ' + str(s):>9s}" for s in SEVERITIES))
+        for key in ("accuracy", "ece"):
+            lines.append(f"  {key:22s}{c['clean'][key]:7.4f}" + "".join(f"{row[key]:9.4f}" for row in c["mean"]))
+    return "\n".join(lines)

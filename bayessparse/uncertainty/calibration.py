@@ -1,0 +1,122 @@
+"""The ECE family beyond the top-label, equal-width ECE: adaptive (equal-mass) ECE, classwise ECE, MCE.
+
+Same input conventions as :mod:`bayessparse.uncertainty.metrics`: ``probs`` is ``(N, C)`` or
+per-sample ``(S, N, C)`` (averaged over ``S`` into the predictive mean ``p̄`` first), ``labels``
+is ``(N,)`` integer; every result is a Python float in ``[0, 1]``.
+
+* **MCE** (maximum calibration error; Naeini, Cooper and Hauskrecht, AAAI 2015):
+  ``max_b |acc_b − conf_b|`` over the *non-empty* equal-width top-label bins of
+  :func:`~bayessparse.uncertainty.metrics.calibration_bins` (same edges and edge rules as the ECE).
+  It equals torchmetrics' ``MulticlassCalibrationError(norm="max")`` except for the 1.0-bin
+  convention described in :mod:`~bayessparse.uncertainty.metrics`.
+* **Adaptive ECE** (equal-mass bins; Nguyen and O'Connor, EMNLP 2015; Nixon et al., CVPR-W 2019;
+  "AdaECE" in Mukhoti et al., NeurIPS 2020): the top-label ECE ``Σ_b (n_b/N) |acc_b − conf_b|``
+  with bins that each hold the same number of predictions instead of the same width. Predictions
+  are sorted by confidence and cut into ``n_bins`` consecutive groups whose sizes differ by at most
+  one (the first ``N mod n_bins`` groups get the extra item, like ``numpy.array_split``); with
+  ``N < n_bins`` some groups are empty and ignored. Exactly equal confidences are ordered
+  incorrect-before-correct, so the value does not depend on the order of the examples.
+* **Classwise ECE** (Kull et al., NeurIPS 2019; "static calibration error", SCE, in Nixon et al.
+  2019): every class ``k`` is calibrated separately as a one-vs-rest problem with confidence
+  ``p̄_k(x)`` (for *all* N examples, not only those predicted as ``k``) and outcome ``1[y = k]``,
+  binned into the usual equal-width bins:
+  ``cwECE = (1/C) Σ_k Σ_b (n_bk / N) |freq_bk − conf_bk|``, where ``freq_bk`` is the fraction of
+  bin ``b`` (of class ``k``) whose label is ``k``. Each class term is exactly torchmetrics'
+  ``BinaryCalibrationError(norm="l1")`` of ``(p̄_k, 1[y = k])`` (up to the 1.0-bin convention), so
+  the classwise ECE is the mean over classes of that binary metric.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from bayessparse.uncertainty.metrics import _prepare, _top_label, calibration_bins, ece_from_bins
+
+__all__ = [
+    "adaptive_calibration_bins",
+    "adaptive_calibration_error",
+    "classwise_calibration_error",
+    "maximum_calibration_error",
+    "mce_from_bins",
+]
+
+
+def _check_n_bins(n_bins: int) -> None:
+    if not isinstance(n_bins, int) or isinstance(n_bins, bool) or n_bins < 1:
+        raise ValueError(f"n_bins must be a positive integer, got {n_bins!r}")
+
+
+def mce_from_bins(bins: dict[str, Tensor]) -> float:
+    """``MCE = max_b |acc_b − conf_b|`` over the non-empty bins of a ``calibration_bins``-style dict."""
+    keep = bins["counts"] > 0
+    return (bins["accuracy"][keep] - bins["confidence"][keep]).abs().max().item()
+
+
+def maximum_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """Maximum calibration error (Naeini et al., 2015): the worst gap over non-empty equal-width bins."""
+    return mce_from_bins(calibration_bins(probs, labels, n_bins))
+
+
+def adaptive_calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, Tensor]:
+    """Equal-mass top-label bins (see the module docstring for the exact split and tie rule).
+
+    Returns the keys :func:`~bayessparse.uncertainty.metrics.ece_from_bins` reads, in the same
+    format as :func:`~bayessparse.uncertainty.metrics.calibration_bins`, plus ``lower`` / ``upper``:
+      * ``counts`` (n_bins, int64): items per bin, ``N // n_bins`` or one more (0 only when ``N < n_bins``);
+      * ``accuracy`` / ``confidence`` (n_bins, float64): fraction correct / mean confidence (NaN when empty);
+      * ``lower`` / ``upper`` (n_bins, float64): smallest / largest confidence in the bin (NaN when empty).
+    """
+    _check_n_bins(n_bins)
+    p, labels = _prepare(probs, labels)
+    conf, correct = _top_label(p, labels)
+    conf = conf.double()
+    n = conf.numel()
+    # Sort by (confidence, correctness): lexicographic via two stable sorts.
+    order = torch.sort(correct, stable=True).indices
+    order = order[torch.sort(conf[order], stable=True).indices]
+    conf, correct = conf[order], correct[order]
+    sizes = torch.full((n_bins,), n // n_bins, dtype=torch.long)
+    sizes[: n % n_bins] += 1
+    idx = torch.repeat_interleave(torch.arange(n_bins), sizes)
+    zeros = torch.zeros(n_bins, dtype=torch.float64)
+    sum_conf = zeros.clone().index_add_(0, idx, conf)
+    sum_correct = zeros.clone().index_add_(0, idx, correct)
+    nan = torch.full((n_bins,), float("nan"), dtype=torch.float64)
+    nonempty = sizes > 0
+    starts = torch.cumsum(sizes, 0) - sizes
+    lower = torch.where(nonempty, conf[starts.clamp(max=n - 1)], nan)
+    upper = torch.where(nonempty, conf[(starts + sizes - 1).clamp(min=0, max=n - 1)], nan)
+    return {
+        "counts": sizes,
+        "accuracy": torch.where(nonempty, sum_correct / sizes, nan),
+        "confidence": torch.where(nonempty, sum_conf / sizes, nan),
+        "lower": lower,
+        "upper": upper,
+    }
+
+
+def adaptive_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """Adaptive (equal-mass) ECE: ``Σ_b (n_b/N) |acc_b − conf_b|`` over :func:`adaptive_calibration_bins`."""
+    return ece_from_bins(adaptive_calibration_bins(probs, labels, n_bins))
+
+
+def classwise_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) -> float:
+    """Classwise ECE (Kull et al., 2019): the mean over classes of the one-vs-rest ECE of ``p̄_k``.
+
+    Bins are the equal-width bins of :func:`~bayessparse.uncertainty.metrics.calibration_bins`
+    (``[lo, hi)``, interior edges to the right, probability 1.0 in the last bin), applied to the
+    class-``k`` probability of every example; see the module docstring for the formula.
+    """
+    _check_n_bins(n_bins)
+    p, labels = _prepare(probs, labels)
+    n, c = p.shape
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=p.dtype, device=p.device)
+    idx = (torch.bucketize(p, edges, right=True) - 1).clamp(0, n_bins - 1)  # (N, C) bin of every p̄_nk
+    flat = (idx + n_bins * torch.arange(c, device=p.device)).reshape(-1)  # one bin set per class
+    hit = torch.nn.functional.one_hot(labels, c).double().reshape(-1)
+    counts = torch.bincount(flat, minlength=c * n_bins).double()
+    sum_conf = torch.zeros(c * n_bins, dtype=torch.float64, device=p.device).index_add_(0, flat, p.double().reshape(-1))
+    sum_hit = torch.zeros(c * n_bins, dtype=torch.float64, device=p.device).index_add_(0, flat, hit)
+    gap = (sum_hit - sum_conf).abs()  # n_bk |freq_bk − conf_bk|, zero for empty bins
+    return (gap.sum() / (n * c)).item()
