@@ -24,10 +24,13 @@ Overhead for either Training or Testing: The All-Round Blessings of Dynamic Spar
     sparse layer by magnitude and regrows as many by gradient magnitude (grown weights 0, their momentum 0).
     Refinement 1 starts from the end of exploration with no jump, as in the reference code
     (``main_EDST.py``: the learning rate drops after exploration, ``truncate_weights(0.8)`` at later phase starts);
-  - each member is re-estimated on BatchNorm statistics; for CigL a member is the weight average of its own
-    refinement phase (averaging restarts with each phase, after the phase's ``averaging_start`` fraction and
-    its last mask update), because the average of one phase is the CigL model of that basin, while averaging
-    across a jump would mix different sparse networks.
+  - each member's BatchNorm statistics are re-estimated on the training set; for CigL a member is the weight
+    average of its own refinement phase (averaging restarts with each phase, after the phase's
+    ``averaging_start`` fraction and its last mask update), because the average of one phase is the CigL model
+    of that basin, while averaging across a jump would mix different sparse networks;
+  - the run is checkpointed after every epoch (``OUT/checkpoint.pt``) and a re-run resumes it, bit-identically
+    on the same machine (the jump and the phase set-up are replayed from the saved RNG states). A member's
+    ``train_seconds`` is the run's time up to that member.
 
   Defaults follow the reference CIFAR script (a 250-epoch single run, 150 epochs of exploration and 100 per
   member): ``explore_epochs = round(0.6 cfg.epochs)``, ``refine_epochs = round(0.4 cfg.epochs)``, so that with
@@ -62,6 +65,7 @@ Output folder::
 from __future__ import annotations
 
 import copy
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -129,6 +133,8 @@ __all__ = [
     "edst_lr_factor",
     "large_jump",
     "load_member_probs",
+    "format_report",
+    "PhaseSchedule",
 ]
 
 
@@ -422,8 +428,6 @@ def training_cost(
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    import json
-
     return json.loads(path.read_text())
 
 
@@ -484,6 +488,8 @@ def ensemble(
     if kind == "edst":
         if cfg.method == "dense":
             raise ConfigError("EDST needs a sparse method (--method static, set, rigl, dst-ee or cigl), not dense")
+        if cfg.engine != "plain":  # its phase learning rates drive a torch LambdaLR over the plain optimizer
+            raise ConfigError(f"EDST runs on the plain engine only, not engine '{cfg.engine}' (DST ensembles take any)")
         plan = EDSTPlan.from_config(cfg, members, explore_epochs, refine_epochs, refine_lr, jump_fraction)
     elif (explore_epochs, refine_epochs, refine_lr) != (None, None, None) or jump_fraction != JUMP_FRACTION:
         raise ConfigError("explore/refine epochs, refine lr and jump fraction apply to --kind edst only")

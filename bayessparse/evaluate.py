@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, TensorDataset
 from tqdm.auto import tqdm
 
 from bayessparse.batches import batches
@@ -50,6 +50,7 @@ from bayessparse.data.corruptions import (
     corruption_suite,
     folder_corruption_suite,
     input_kind,
+    materialize,
 )
 from bayessparse.data.ood import check_ood, make_ood
 from bayessparse.errors import ConfigError
@@ -115,7 +116,8 @@ class _Predictor:
             return logits.softmax(-1), logits, labels
         probs = self.sample_probs(dataset)
         if not isinstance(probs, Tensor) or probs.dim() != 3 or probs.shape[1] != len(dataset):
-            raise ValueError(f"sample_probs must return (S, N, C) with N = {len(dataset)}, got {getattr(probs, 'shape', probs)}")
+            shape = getattr(probs, "shape", probs)
+            raise ValueError(f"sample_probs must return (S, N, C) with N = {len(dataset)}, got {shape}")
         probs = probs.detach().double().cpu()
         labels = torch.cat([y for _, y in batches(dataset, self.batch_size)])
         return probs, predictive_mean(probs).clamp_min(1e-300).log(), labels
@@ -163,7 +165,10 @@ def evaluate_run(
     corruptions = corruptions or folder_suite is not None
 
     predict = _Predictor(model, cfg.eval_batch_size, run.device, sample_probs)
-    probs, logits, labels = predict(data.test)
+    test_set = data.test
+    if not isinstance(test_set, TensorDataset) and (ood_name is not None or (corruptions and folder_suite is None)):
+        test_set = TensorDataset(*materialize(test_set, cfg.eval_batch_size))  # CIFAR: decode the images once
+    probs, logits, labels = predict(test_set)
     record: dict[str, Any] = {
         "run": str(run_dir),
         "method": cfg.method,
@@ -196,7 +201,7 @@ def evaluate_run(
 
     record["ood"] = None
     if ood_name is not None:
-        out_probs, out_logits, _ = predict(make_ood(ood_name, data.test, kind, seed=seed))
+        out_probs, out_logits, _ = predict(make_ood(ood_name, test_set, kind, seed=seed))
         ood_block: dict[str, Any] = {"set": ood_name, "n_in": len(labels), "n_out": out_probs.shape[-2],
                                      "scores": ood_metrics(probs, out_probs)}
         if temp is not None:
@@ -209,13 +214,14 @@ def evaluate_run(
 
     record["corruptions"] = None
     if corruptions:
-        suite = folder_suite if folder_suite is not None else corruption_suite(data.test, kind, seed=seed)
+        suite = folder_suite if folder_suite is not None else corruption_suite(test_set, kind, seed=seed)
         results: dict[str, list[dict[str, Any]]] = {}
         total = None if folder_suite is not None else len(SEVERITIES) * len(corruption_names(kind))
         for name, severity, dataset in tqdm(suite, total=total, desc="corruptions", leave=False, disable=not progress):
             c_probs, c_logits, c_labels = predict(dataset)
             scaled = apply_temperature(c_logits, temp) if temp is not None else None
-            results.setdefault(name, []).append({"severity": severity, **_shift_summary(c_probs, c_labels, n_bins, scaled)})
+            summary = _shift_summary(c_probs, c_labels, n_bins, scaled)
+            results.setdefault(name, []).append({"severity": severity, **summary})
         clean = _shift_summary(probs, labels, n_bins, apply_temperature(logits, temp) if temp is not None else None)
         mean = [
             {"severity": s, **{k: float(np.mean([rows[s - 1][k] for rows in results.values()])) for k in clean}}
@@ -298,24 +304,27 @@ def plot_ood_scores(scores_in: dict[str, Tensor], scores_out: dict[str, Tensor],
 
 def format_summary(record: dict[str, Any]) -> str:
     """The compact table ``bayessparse evaluate`` prints."""
+    w = 32  # width of the row-label column
+
+    def row(label: str, values, fmt: str = "9.4f") -> str:
+        return f"{label:{w}s}" + "".join(f"{v:{fmt}}" if isinstance(v, float) else f"{v:>9s}" for v in values)
+
     cols = ("accuracy", "nll", "ece", "adaptive_ece", "classwise_ece", "mce", "brier")
-    heads = ("acc", "nll", "ece", "ada-ece", "cw-ece", "mce", "brier")
     lines = [f"{record['method']} on {record['data']} ({record['predictive']}, {record['n_bins']} bins, "
-             f"n_test {record['n_test']})",
-             f"{'':24s}" + "".join(f"{h:>9s}" for h in heads),
-             f"{'test':24s}" + "".join(f"{record['test'][c]:9.4f}" for c in cols)]
+             f"{record['n_test']} test examples)",
+             row("", ("acc", "nll", "ece", "ada-ece", "cw-ece", "mce", "brier")),
+             row("test", [record["test"][c] for c in cols])]
     ts = record.get("temperature_scaled")
     if ts:
-        lines.append(f"{'temp. scaled T=' + format(ts['temperature'], '.3f'):24s}" + "".join(f"{ts[c]:9.4f}" for c in cols))
+        lines.append(row(f"temperature scaled T={ts['temperature']:.3f}", [ts[c] for c in cols]))
     if record.get("ood"):
         o = record["ood"]
-        lines.append(f"OOD '{o['set']}' ({o['n_out']} inputs){'':4s}" + "".join(f"{h:>9s}" for h in ("auroc", "aupr", "fpr95")))
+        lines.append(row(f"OOD '{o['set']}' ({o['n_out']} inputs)", ("auroc", "aupr", "fpr95")))
         for name, m in o["scores"].items():
-            lines.append(f"  {name:22s}" + "".join(f"{m[k]:9.4f}" for k in ("auroc", "aupr", "fpr95")))
+            lines.append(row(f"  {name}", [m[k] for k in ("auroc", "aupr", "fpr95")]))
     if record.get("corruptions"):
         c = record["corruptions"]
-        lines.append(f"corruptions ({c['source']}, mean over {len(c['results'])}){'':2s}clean"
-                     + "".join(f"{'sev ' + str(s):>9s}" for s in SEVERITIES))
+        lines.append(row(f"corruptions (mean of {len(c['results'])})", ["clean", *(f"sev {s}" for s in SEVERITIES)]))
         for key in ("accuracy", "ece"):
-            lines.append(f"  {key:22s}{c['clean'][key]:7.4f}" + "".join(f"{row[key]:9.4f}" for row in c["mean"]))
+            lines.append(row(f"  {key}", [c["clean"][key], *(r[key] for r in c["mean"])]))
     return "\n".join(lines)

@@ -4,6 +4,11 @@ One step is cross-entropy on a mini-batch, SGD with (Nesterov) momentum and weig
 conv / linear weights only, and a per-step learning-rate schedule (linear warm-up, then cosine
 or step decay). The method's hooks (:mod:`bayessparse.method`) decide everything sparse.
 
+``cfg.engine`` picks who takes the step: ``"plain"`` (:func:`plain_step`, the default) or
+``"pyro"`` (:class:`bayessparse.ppl.svi.PyroEngine`: one ``pyro.infer.SVI`` step on the ELBO
+whose maximisation this loop is; same method hooks, same weights for the same seed). Everything
+else -- data order, epochs, checkpoints, averaging, evaluation, the run folder -- is shared.
+
 Runs are reproducible and resumable: all randomness comes from ``cfg.seed`` (the data from
 ``cfg.data_seed``), a checkpoint is written atomically after every epoch, and a resumed run
 ends bit-identical to an uninterrupted one on the same machine.
@@ -117,6 +122,7 @@ class Run:
     step: int = 0
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
+    engine: Any = None  # None: the plain step; else an object with step(run, x, y) -> loss (cfg.engine)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -127,7 +133,7 @@ class Run:
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(),
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -143,7 +149,8 @@ class Run:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scheduler is not None:  # the pyro engine's optimizer schedules its own learning rate
+            self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
@@ -169,16 +176,31 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     seed_everything(cfg.seed)
     model = models.build(cfg.model, data.num_classes, data.input_shape).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    optimizer = make_optimizer(model, cfg)
     steps_per_epoch = num_batches(data.train, cfg.batch_size)
-    scheduler = LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    engine = None
+    if cfg.engine == "pyro":
+        from bayessparse.ppl.svi import PyroEngine  # imports pyro only when asked for
+
+        engine = PyroEngine(cfg, model, len(data.train), lr_factor(cfg, steps_per_epoch))
+        optimizer, scheduler = engine.optimizer, None
+    else:
+        optimizer = make_optimizer(model, cfg)
+        scheduler = LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     method = build_method(cfg, model, generator)
     method.setup(model, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
-    return Run(cfg, data, model, optimizer, scheduler, method, generator, device)
+    if engine is not None:
+        engine.bind(method)
+    return Run(cfg, data, model, optimizer, scheduler, method, generator, device, engine=engine)
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One step of the shared algorithm; returns the mini-batch loss."""
+    """One step of the shared algorithm, by the run's engine; returns the mini-batch loss."""
+    step = plain_step if run.engine is None else run.engine.step
+    return step(run, x, y)
+
+
+def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
+    """The plain PyTorch step: cross-entropy, backward, the method's hooks, SGD, the lr schedule, ``run.step``."""
     run.optimizer.zero_grad(set_to_none=True)
     with run.method.forward(run.model):
         loss = F.cross_entropy(run.model(x), y)

@@ -55,3 +55,14 @@ def test_unknown_field_and_bad_files(tmp_path):
 def test_dense_has_zero_effective_sparsity():
     assert resolve({"method": "dense", "sparsity": 0.9}).effective_sparsity == 0.0
     assert resolve({"method": "rigl", "sparsity": 0.9}).effective_sparsity == 0.9
+
+
+def test_shipped_experiment_configs_are_valid():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).parent.parent / "experiments").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        data = read_yaml(path)
+        fields = {k: v for k, v in data.items() if k in FIELD_NAMES}
+        assert resolve(fields).data == data["data"], path

@@ -24,7 +24,8 @@ channel for signals / images and per feature for tabular data; ``v`` is the seve
   linearly between the two neighbouring whole shifts (so severities stay distinct on 8x8 images:
   0.24, 0.48, 0.72, 1 and 1.5 pixels; 1, 2, 4, 6 and 10 steps on MNIST-1D's length 40).
 * ``blur``: convolution with a normalised Gaussian kernel of standard deviation ``v · length``
-  (separable on images), reflect padding, radius ``ceil(3σ)``.
+  (separable on images), mirror padding ``(c b | a b c | b a)``, radius ``round(3σ)`` (at most
+  ``length − 1``): ``scipy.ndimage.gaussian_filter1d(x, σ, mode="mirror", truncate=3)``.
 * ``feature_scaling``: ``μ_f + exp(±v) (x_f − μ_f)``, the sign drawn per feature.
 * ``feature_shift``: ``x_f ± v · std_f``, the sign drawn per feature.
 
@@ -36,7 +37,6 @@ a corrupted set is deterministic given ``seed`` and the severities of a corrupti
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Iterator
 
@@ -88,7 +88,7 @@ SEVERITY_PARAMS: dict[tuple[str, str], tuple[float, ...]] = {
     ("signal", "gaussian_noise"): (0.1, 0.2, 0.35, 0.5, 0.75),
     ("signal", "scaling"): (0.8, 0.65, 0.5, 0.35, 0.2),
     ("signal", "translation"): (0.025, 0.05, 0.1, 0.15, 0.25),
-    ("signal", "blur"): (0.0125, 0.025, 0.0375, 0.05, 0.075),
+    ("signal", "blur"): (0.0125, 0.015, 0.0175, 0.02125, 0.025),  # sigma 0.5 .. 1 step on length 40
     ("image", "gaussian_noise"): (0.1, 0.2, 0.35, 0.5, 0.75),
     ("image", "contrast"): (0.8, 0.65, 0.5, 0.35, 0.2),
     ("image", "translation"): (0.03, 0.06, 0.09, 0.125, 0.1875),
@@ -144,14 +144,14 @@ def _channel_std(x: Tensor, kind: str) -> Tensor:
 
 
 def _gaussian_kernel(sigma: float, length: int) -> Tensor:
-    radius = max(1, min(math.ceil(3 * sigma), length - 1))
+    radius = max(1, min(int(3.0 * sigma + 0.5), length - 1))  # scipy.ndimage's rule for truncate=3
     t = torch.arange(-radius, radius + 1, dtype=torch.float64)
     k = torch.exp(-0.5 * (t / sigma) ** 2)
     return k / k.sum()
 
 
 def _blur_last(x: Tensor, sigma: float) -> Tensor:
-    """Gaussian blur along the last axis of ``x`` (any rank), reflect padding."""
+    """Gaussian blur along the last axis of ``x`` (any rank), mirror padding (``F.pad`` mode "reflect")."""
     length = x.shape[-1]
     if length < 2:
         return x
@@ -258,7 +258,9 @@ def folder_corruption_suite(root: str | Path, data_name: str) -> Iterator[tuple[
     from bayessparse.data.cifar import SPECS
 
     if data_name not in SPECS:
-        raise ConfigError(f"a corruptions folder is only for CIFAR runs ({', '.join(SPECS)}), this run uses '{data_name}'")
+        raise ConfigError(
+            f"a corruptions folder is only for CIFAR runs ({', '.join(SPECS)}), this run uses '{data_name}'"
+        )
     root = Path(root).expanduser()
     if not root.is_dir():
         raise ConfigError(f"corruptions folder not found: {root}")
@@ -290,6 +292,6 @@ def _iter_folder(arrays, labels, n, mean, std) -> Iterator[tuple[str, int, Tenso
     for name, images in arrays.items():
         for severity in SEVERITIES:
             rows = slice((severity - 1) * n, severity * n)
-            x = torch.from_numpy(np.ascontiguousarray(images[rows])).permute(0, 3, 1, 2).float().div_(255.0)
+            x = torch.from_numpy(np.array(images[rows])).permute(0, 3, 1, 2).float().div_(255.0)
             y = torch.from_numpy(np.asarray(labels[rows], dtype=np.int64))
             yield name, severity, TensorDataset(((x - mean) / std).contiguous(), y)

@@ -66,7 +66,9 @@ def check_ood(name: str | None, kind: str, data_name: str) -> str:
         raise ConfigError(f"unknown OOD set '{name}' (choose from: {', '.join(OOD_SETS)})")
     if kind not in OOD_SETS[name]:
         fitting = [n for n, kinds in OOD_SETS.items() if kind in kinds]
-        raise ConfigError(f"OOD set '{name}' does not fit {kind} data '{data_name}' (choose from: {', '.join(fitting)})")
+        raise ConfigError(
+            f"OOD set '{name}' does not fit {kind} data '{data_name}' (choose from: {', '.join(fitting)})"
+        )
     return name
 
 

@@ -14,16 +14,17 @@ Carbin, ICML 2020), as used for the sparse double descent (Arora, Irto, Goldt & 
   method ``static``) with IMP's masks loaded into its :class:`~bayessparse.sparsity.masks.MaskSet`; gradient
   masking keeps the pruned weights exactly 0.
 
-The output layer (the weight of the model's last :class:`~torch.nn.Linear`) is kept dense unless
-``prune_output`` (the paper's setting for MLPs, where the small head would otherwise be pruned at the
-rate of the large hidden layers). Every density below is over the *pruned* weights (prunable weights minus
-the excluded output layer); the ``nonzero`` count covers every prunable weight, output layer included.
+The output layer (the weight of the model's last :class:`~torch.nn.Linear`, for every model) is kept dense
+unless ``prune_output``: the setting ALGORITHMS.md gives for small MLPs. The head holds few weights (768 of
+66,816 in the default MLP on 3 classes) and cutting them at the global threshold can disconnect whole
+classes. Every density below is over the *pruned* weights (prunable weights minus the excluded output
+layer); the ``nonzero`` count covers every prunable weight, output layer included.
 
 Counting (exact, by mask): with ``N`` prunable (non-excluded) weights the number of survivors after round
 ``r`` is ``round((1 - p)^r N)`` (halves up), so the density after ``R`` rounds is ``0.8^R`` to the nearest
 weight. Each round removes ``survivors - round((1 - p)^r N)`` weights, which is ``round(p * survivors)`` or
 one off it: removing exactly ``round(p * survivors)`` every round (what :func:`global_magnitude_prune`
-does when given only ``fraction``) lets the rounding errors add up to about ±2.5 weights after many rounds.
+does when given only ``fraction``) lets the rounding errors add up (to at most ±2.5 weights).
 Ties in ``|W|`` are broken by position: earlier in module order / row-major order is pruned first.
 
 Metrics per round (test set, clean labels): test error, NLL, ECE, Brier, the error on the (noisy) training
@@ -31,14 +32,15 @@ labels, the mean top-label confidence and, on ``synthetic`` data whose exact pos
 ``kl_clean = mean_x KL(p(y|x) ‖ p̂(y|x))`` against the clean Bayes posterior (the claim of Arora et al.:
 the best pruned network estimates ``p(y|x)`` better than the dense one) and ``kl_noisy`` against the
 conditional of the noisy training label, ``(1 - ε) p(y|x) + ε/K``, the distribution a maximum-likelihood fit
-to the noisy labels converges to. With ``label_noise = 0`` both are equal.
+to the noisy labels converges to with unlimited data. With ``label_noise = 0`` both are equal.
 
 Output folder::
 
     OUT/config.yaml         the training config and an ``imp:`` mapping of the IMP settings (a valid --config)
     OUT/imp.json            one record per finished round (R + 1 with the dense round 0), rewritten atomically
     OUT/imp_state.pt        θ_rewind, the next round's masks, the last trained network, the records
-    OUT/double_descent.png  test error and NLL / ECE / KL against the number of nonzero weights
+    OUT/double_descent.png  test error and NLL / ECE / KL against the number of nonzero weights (redrawn
+                            after the last round, and during a long sweep every ``PLOT_INTERVAL_S`` seconds)
 
 An interrupted sweep resumes after its last finished round (``resume=True``); the result is the same as an
 uninterrupted sweep, and a resumed sweep may ask for more rounds than it was started with.
@@ -48,6 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,7 +63,7 @@ from tqdm.auto import tqdm
 from bayessparse import data as datasets
 from bayessparse.config import TrainConfig
 from bayessparse.data.noise import noisy_label_posterior
-from bayessparse.errors import ConfigError
+from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, save_torch, write_json, write_text
 from bayessparse.predict import predict_logits
 from bayessparse.sparsity.density import prunable_weights
@@ -89,6 +92,7 @@ CONFIG = "config.yaml"
 RESULTS = "imp.json"
 STATE = "imp_state.pt"
 PLOT = "double_descent.png"
+PLOT_INTERVAL_S = 30.0  # during a sweep the plot is redrawn at most this often (and always after the last round)
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -431,7 +435,8 @@ def imp(
     Every input is checked before ``out`` is created: the config, the settings (``rewind_epoch < epochs``,
     at least one surviving weight after the last round), and that ``out`` holds no sweep unless ``resume``.
     ``progress`` shows a bar over the rounds; ``echo`` prints one line per finished round. After every
-    round the state, ``imp.json`` and the plot are rewritten, so an interrupted sweep keeps its rounds.
+    round the state and ``imp.json`` are rewritten (the plot: see ``PLOT_INTERVAL_S``), so an interrupted
+    sweep keeps its finished rounds.
     """
     from bayessparse.plots.double_descent import plot_double_descent
     from bayessparse.train import load_data
@@ -468,14 +473,20 @@ def imp(
         masks = dense_masks(run.model)
     else:
         records, rewind, masks = list(state["records"]), state["rewind"], state["masks"]
+        write_json(out / RESULTS, records)  # the state is written first: imp.json may lack its last round
     title = f"IMP on {cfg.data} ({cfg.model}, label noise {cfg.label_noise:g})"
 
+    plotted = time.perf_counter()
     bar = tqdm(total=settings.rounds + 1, initial=min(len(records), settings.rounds + 1), desc="imp",
                disable=not progress)
     for r in range(len(records), settings.rounds + 1):
         if r > 0:
             run = start_round(cfg, data, masks, rewind)
-        model, captured = _train(run, settings.rewind_epoch if r == 0 else None)
+        try:
+            model, captured = _train(run, settings.rewind_epoch if r == 0 else None)
+        except TrainingDiverged as exc:
+            kept = f"rounds 0-{r - 1} are kept in {out} (resume with --resume)" if r else "no round was finished"
+            raise TrainingDiverged(f"IMP round {r}: {str(exc).split('; ')[0]}; {kept}") from None
         if r == 0:
             rewind = captured
         record = evaluate_round(run, model, masks, exclude, r)
@@ -495,13 +506,15 @@ def imp(
         })
         masks = next_masks
         write_json(out / RESULTS, records)
-        plot_double_descent(records, out / PLOT, title=title)
+        if r == settings.rounds or time.perf_counter() - plotted >= PLOT_INTERVAL_S:
+            plot_double_descent(records, out / PLOT, title=title)
+            plotted = time.perf_counter()
         bar.update(1)
         bar.set_postfix(density=f"{record['density']:.3f}", test_error=f"{record['test_error']:.3f}")
         if echo:
             tqdm.write(_round_line(record))
     bar.close()
-    write_json(out / RESULTS, records)
-    plot_double_descent(records, out / PLOT, title=title)
+    if records and not (out / PLOT).exists():
+        plot_double_descent(records, out / PLOT, title=title)
     return records
 

@@ -6,7 +6,7 @@ shape ``(M, N, C)``; averages run over all ``N`` examples (never one batch) and 
 
 * :func:`disagreement` ``= 1 − mean_{i≠j} (1/N) Σ_n 1[argmax_c p_inc = argmax_c p_jnc]``:
   the fraction of (pair, example) combinations on which two members predict different classes.
-  In ``[0, 1 − 1/M]`` (with ties in ``argmax`` broken towards the lower class index, as ``torch.argmax``).
+  In ``[0, 1]`` (with ties in ``argmax`` broken towards the lower class index, as ``torch.argmax``).
 * :func:`pairwise_kl` ``= mean_{i≠j} (1/N) Σ_n KL(p_in ‖ p_jn)`` in nats, with
   ``KL(p ‖ q) = Σ_c p_c (log p_c − log q_c)``, ``0 log 0 = 0`` and ``q`` clamped below at ``eps``
   so that a zero where the other member puts mass gives a large finite value.
@@ -25,7 +25,8 @@ __all__ = ["disagreement", "diversity", "pairwise_kl"]
 
 def _check_members(member_probs: Tensor) -> Tensor:
     if not isinstance(member_probs, Tensor) or member_probs.dim() != 3:
-        raise ValueError(f"member_probs must have shape (M, N, C), got {getattr(member_probs, 'shape', type(member_probs))}")
+        shape = getattr(member_probs, "shape", type(member_probs))
+        raise ValueError(f"member_probs must have shape (M, N, C), got {shape}")
     if member_probs.shape[0] < 2:
         raise ValueError(f"diversity needs at least 2 members, got M = {member_probs.shape[0]}")
     return _check_probs(member_probs)

@@ -55,7 +55,8 @@ def _check_probs(probs: Tensor) -> Tensor:
     """Validate an ``(N, C)`` / ``(S, N, C)`` probability tensor (no labels) and return it as float64."""
     if not isinstance(probs, Tensor) or not probs.dtype.is_floating_point:
         raise ValueError(f"probs must be a floating-point tensor, got {getattr(probs, 'dtype', type(probs))}")
-    if probs.dim() not in (2, 3) or probs.shape[-2] == 0 or probs.shape[-1] < 2 or (probs.dim() == 3 and probs.shape[0] == 0):
+    empty = probs.dim() in (2, 3) and (probs.shape[-2] == 0 or (probs.dim() == 3 and probs.shape[0] == 0))
+    if probs.dim() not in (2, 3) or empty or probs.shape[-1] < 2:
         raise ValueError(f"probs must have shape (N, C) or (S, N, C) with N, S >= 1, C >= 2, got {tuple(probs.shape)}")
     probs = probs.detach().double()
     if not torch.isfinite(probs).all():
@@ -101,7 +102,9 @@ SCORES: dict[str, tuple[Callable[[Tensor], Tensor], float]] = {
 def _check_binary(labels: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     labels, scores = torch.as_tensor(labels), torch.as_tensor(scores)
     if labels.dim() != 1 or scores.shape != labels.shape:
-        raise ValueError(f"labels and scores must be 1-D of the same length, got {tuple(labels.shape)}, {tuple(scores.shape)}")
+        raise ValueError(
+            f"labels and scores must be 1-D of the same length, got {tuple(labels.shape)}, {tuple(scores.shape)}"
+        )
     if not ((labels == 0) | (labels == 1)).all():
         raise ValueError("labels must be 0 (negative, in-distribution) or 1 (positive, OOD)")
     scores = scores.detach().double().cpu()
@@ -168,7 +171,9 @@ def fpr_at_95_tpr(labels: Tensor, scores: Tensor) -> float:
 
 def detection_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
     """``{"auroc", "aupr", "fpr95"}`` with OOD (``scores_out``) positive and larger scores more OOD."""
-    scores = torch.cat([torch.as_tensor(scores_in).double().reshape(-1), torch.as_tensor(scores_out).double().reshape(-1)])
+    scores_in = torch.as_tensor(scores_in).double().reshape(-1)
+    scores_out = torch.as_tensor(scores_out).double().reshape(-1)
+    scores = torch.cat([scores_in, scores_out])
     labels = torch.cat([torch.zeros(len(scores_in)), torch.ones(len(scores_out))]).long()
     return {"auroc": auroc(labels, scores), "aupr": aupr(labels, scores), "fpr95": fpr_at_95_tpr(labels, scores)}
 
@@ -184,7 +189,9 @@ def ood_scores(probs: Tensor, names: tuple[str, ...] | None = None) -> dict[str,
     return {name: SCORES[name][0](probs) for name in names}
 
 
-def ood_metrics(in_probs: Tensor, out_probs: Tensor, scores: tuple[str, ...] | None = None) -> dict[str, dict[str, float]]:
+def ood_metrics(
+    in_probs: Tensor, out_probs: Tensor, scores: tuple[str, ...] | None = None
+) -> dict[str, dict[str, float]]:
     """Detection of ``out_probs`` (OOD, positive) among ``in_probs`` per score.
 
     Both are ``(N, C)`` or ``(S, N, C)`` (the number of examples may differ). By default the
@@ -193,7 +200,9 @@ def ood_metrics(in_probs: Tensor, out_probs: Tensor, scores: tuple[str, ...] | N
     """
     in_probs, out_probs = _check_probs(in_probs), _check_probs(out_probs)
     if in_probs.shape[-1] != out_probs.shape[-1]:
-        raise ValueError(f"in and out probabilities have different class counts: {in_probs.shape[-1]} vs {out_probs.shape[-1]}")
+        raise ValueError(
+            f"in and out probabilities have different class counts: {in_probs.shape[-1]} vs {out_probs.shape[-1]}"
+        )
     if scores is None:
         per_sample = in_probs.dim() == 3 and out_probs.dim() == 3
         scores = tuple(n for n in SCORES if n != "mutual_information" or per_sample)
