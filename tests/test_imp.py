@@ -82,7 +82,8 @@ def test_global_prune_removes_exactly_the_smallest_surviving_weights():
 
 def test_prune_ties_are_broken_by_position_and_count_is_exact():
     weights = {"a.weight": torch.ones(2, 3), "b.weight": -torch.ones(4)}
-    masks = {"a.weight": torch.tensor([[1, 0, 1], [1, 1, 1]], dtype=torch.bool), "b.weight": torch.ones(4, dtype=torch.bool)}
+    masks = {"a.weight": torch.tensor([[1, 0, 1], [1, 1, 1]], dtype=torch.bool),
+             "b.weight": torch.ones(4, dtype=torch.bool)}
     new = global_magnitude_prune(weights, masks, count=3)
     assert new["a.weight"].tolist() == [[False, False, False], [False, True, True]]
     assert new["b.weight"].all()
@@ -196,6 +197,7 @@ def test_sweep_writes_one_record_per_round_and_resumes_to_the_same_result(tmp_pa
         survivors = survivors_after(total, 0.2, r["round"])
         assert r["density"] == survivors / total
         assert r["nonzero"] == survivors + head  # counted from the weights: pruned ones are exactly 0
+        assert r["nonzero_pruned"] == survivors
         assert r["test_error"] == pytest.approx(1 - r["accuracy"])
     assert (tmp_path / "full" / "double_descent.png").read_bytes()[:8] == PNG
 
@@ -228,9 +230,9 @@ def test_sweep_writes_one_record_per_round_and_resumes_to_the_same_result(tmp_pa
 
 def test_settings_are_validated():
     assert resolve_settings({"rounds": "3"}, {"prune_output": "yes"}) == IMPSettings(rounds=3, prune_output=True)
-    for bad, needle in [({"rounds": 0}, "rounds"), ({"rounds": -2}, "rounds"), ({"prune_fraction": 1.0}, "prune_fraction"),
-                        ({"rewind_epoch": 2}, "rewind_epoch"), ({"pruning": 1}, "unknown imp setting"),
-                        ({"rounds": "many"}, "rounds")]:
+    for bad, needle in [({"rounds": 0}, "rounds"), ({"rounds": -2}, "rounds"),
+                        ({"prune_fraction": 1.0}, "prune_fraction"), ({"rewind_epoch": 2}, "rewind_epoch"),
+                        ({"pruning": 1}, "unknown imp setting"), ({"rounds": "many"}, "rounds")]:
         with pytest.raises(ConfigError, match=needle):
             resolve_settings(bad, epochs=2)
 

@@ -1,7 +1,8 @@
 """The sparse-double-descent plot of an IMP sweep (Arora et al., UAI 2023, Fig. 1 style).
 
-Test error (and the error on the noisy training labels) against the number of nonzero prunable weights on a
-log axis, the dense network at the right; below it the NLL and KL(p ‖ p̂) (when the true posterior is known),
+Test error (and the error on the noisy training labels) against the number of nonzero weights of the pruned
+layers on a log axis (the dense output layer is left out of the count: it would squeeze the sparsest rounds
+together), the dense network at the right; below it the NLL and KL(p ‖ p̂) (when the true posterior is known),
 and the ECE with the mean top-label confidence gap. The best round (lowest test error) is marked in every
 panel. Uses :class:`matplotlib.figure.Figure` directly and writes the PNG atomically, like
 :mod:`bayessparse.uncertainty.reliability`.
@@ -30,7 +31,11 @@ def plot_double_descent(records: Sequence[dict[str, Any]], path: str | os.PathLi
     """Plot the IMP round records (see :mod:`bayessparse.sparsity.imp`) into ``path``; return the Figure."""
     if not records:
         raise ValueError("records must hold at least one round")
-    x = np.array([max(1, int(r["nonzero"])) for r in records])
+    # x: nonzero weights of the pruned layers, so that every round is the same step (x 0.8) on the log axis;
+    # a dense output layer (a constant count) would squeeze the sparsest rounds together.
+    x_key = "nonzero_pruned" if all("nonzero_pruned" in r for r in records) else "nonzero"
+    x = np.array([max(1, int(r[x_key])) for r in records])
+    dense_rest = int(records[0]["nonzero"]) - int(records[0][x_key])
     best = min(range(len(records)), key=lambda i: (records[i]["test_error"], records[i]["round"]))
     fig = Figure(figsize=(6.4, 8.4), layout="constrained")
     ax_err, ax_prob, ax_cal = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.6, 1.2, 1.0]})
@@ -60,7 +65,10 @@ def plot_double_descent(records: Sequence[dict[str, Any]], path: str | os.PathLi
         ax_cal.plot(x, gap, "d--", color="0.45", markersize=4, label="mean confidence − accuracy")
     ax_cal.axhline(0.0, color="0.6", linewidth=0.8)
     ax_cal.set_ylabel("calibration")
-    ax_cal.set_xlabel("nonzero prunable weights (log scale; dense at the right)")
+    xlabel = "nonzero weights of the pruned layers" if x_key == "nonzero_pruned" else "nonzero prunable weights"
+    if dense_rest:
+        xlabel += f" (+{dense_rest} dense output weights)"
+    ax_cal.set_xlabel(xlabel + "; log scale")
 
     for ax in (ax_err, ax_prob, ax_cal):
         ax.set_xscale("log")
@@ -68,9 +76,11 @@ def plot_double_descent(records: Sequence[dict[str, Any]], path: str | os.PathLi
         ax.grid(True, which="both", alpha=0.3, linewidth=0.6)
         ax.legend(fontsize="small", frameon=True)
     top = ax_err.secondary_xaxis("top")
-    top.set_xticks(x[:: max(1, len(x) // 6)])
+    step = max(1, -(-len(records) // 7))  # at most 7 labels, from the dense end
+    ticks = list(range(len(records)))[::step]
+    top.set_xticks(x[ticks])
     top.set_xticks([], minor=True)
-    top.set_xticklabels([f"{r['density']:.3g}" for r in records][:: max(1, len(x) // 6)], fontsize="x-small")
+    top.set_xticklabels([f"{records[i]['density']:.2g}" for i in ticks], fontsize="x-small")
     top.set_xlabel("density of the pruned layers", fontsize="small")
     ax_err.set_title(title or "Iterative magnitude pruning")
     _save_png_atomic(fig, path)

@@ -18,7 +18,8 @@ The output layer (the weight of the model's last :class:`~torch.nn.Linear`, for 
 unless ``prune_output``: the setting ALGORITHMS.md gives for small MLPs. The head holds few weights (768 of
 66,816 in the default MLP on 3 classes) and cutting them at the global threshold can disconnect whole
 classes. Every density below is over the *pruned* weights (prunable weights minus the excluded output
-layer); the ``nonzero`` count covers every prunable weight, output layer included.
+layer); the ``nonzero`` count covers every prunable weight, output layer included, and ``nonzero_pruned``
+only the pruned layers (both counted from the weights).
 
 Counting (exact, by mask): with ``N`` prunable (non-excluded) weights the number of survivors after round
 ``r`` is ``round((1 - p)^r N)`` (halves up), so the density after ``R`` rounds is ``0.8^R`` to the nearest
@@ -351,6 +352,7 @@ def evaluate_round(
         "round": round_,
         "density": _count(masks, pruned_names) / sum(weights[n].numel() for n in pruned_names),
         "nonzero": sum(int(torch.count_nonzero(w)) for w in weights.values()),
+        "nonzero_pruned": sum(int(torch.count_nonzero(weights[n])) for n in pruned_names),
         "prunable": sum(w.numel() for w in weights.values()),
         "test_error": 1.0 - test["accuracy"],
         "accuracy": test["accuracy"],
