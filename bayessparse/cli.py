@@ -164,7 +164,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     record = evaluate_run(
         args.run, ood=args.ood, corruptions=args.corruptions, temperature=not args.no_temperature,
-        n_bins=args.bins, corruptions_root=args.corruptions_root, seed=args.seed, progress=not args.no_progress,
+        n_bins=args.bins, corruptions_root=args.corruptions_root, samples=args.samples, arviz=args.arviz,
+        seed=args.seed, progress=not args.no_progress,
     )
     print(format_summary(record))
     print(f"-> {args.run / EVAL}")
@@ -215,7 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--corruptions-root", type=Path, help="CIFAR-10-C / CIFAR-100-C folder of .npy files (implies --corruptions)")
     evaluate.add_argument("--no-temperature", action="store_true", help="skip temperature scaling")
     evaluate.add_argument("--bins", type=int, default=None, help="ECE bins (default: the run's ece_bins)")
-    evaluate.add_argument("--seed", type=int, default=0, help="seed of the OOD set and the corruptions")
+    evaluate.add_argument("--samples", type=int, default=0,
+                          help="S Monte Carlo draws of the random mask Z: adds the posterior predictive")
+    evaluate.add_argument("--arviz", type=Path, help="with --samples: write the draws as ArviZ InferenceData (.nc)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of the OOD set, the corruptions and the draws")
     evaluate.add_argument("--no-progress", action="store_true", help="no progress bars")
     evaluate.set_defaults(func=cmd_evaluate)
 

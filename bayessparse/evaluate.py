@@ -54,7 +54,7 @@ from bayessparse.data.corruptions import (
 )
 from bayessparse.data.ood import check_ood, make_ood
 from bayessparse.errors import ConfigError
-from bayessparse.files import write_json
+from bayessparse.files import write_atomic, write_json
 from bayessparse.predict import predict_logits
 from bayessparse.uncertainty.calibration import (
     adaptive_calibration_error,
@@ -123,6 +123,31 @@ class _Predictor:
         return probs, predictive_mean(probs).clamp_min(1e-300).log(), labels
 
 
+def _mc_predictive(run: Any, model: Any, test_set: Dataset, labels: Tensor, samples: int, n_bins: int,
+                   ood_set: Dataset | None, arviz: str | Path | None, seed: int) -> dict[str, Any]:
+    """Metrics of the Monte Carlo posterior predictive over ``Z`` (and its ArviZ export)."""
+    from bayessparse.ppl.predictive import keep_probability, plot_posterior_predictive, predictive_probs, to_inference_data
+
+    def draw(dataset: Dataset) -> Tensor:
+        return predictive_probs(run, model, dataset, samples, run.cfg.eval_batch_size, seed=seed)
+
+    probs = draw(test_set)
+    block: dict[str, Any] = {"samples": samples, "keep_probability": keep_probability(run),
+                             **calibration_summary(probs, labels, n_bins)}
+    if ood_set is not None:
+        block["ood"] = ood_metrics(probs, draw(ood_set))
+    if arviz is not None:
+        import arviz as az
+
+        idata = to_inference_data(probs, labels, seed=seed)
+        write_atomic(arviz, lambda tmp: idata.to_netcdf(str(tmp)))
+        loo = az.loo(idata)
+        block["loo"] = {"elpd": float(loo["elpd_loo"]), "se": float(loo["se"]), "p_loo": float(loo["p_loo"])}
+        plot_posterior_predictive(idata, Path(arviz).with_suffix(".png"),
+                                  title=f"{run.cfg.method} on {run.cfg.data}: {samples} draws of Z")
+    return block
+
+
 def _check_n_bins(n_bins: Any) -> int:
     if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
         raise ConfigError(f"--bins must be an integer >= 1, got {n_bins!r}")
@@ -138,6 +163,8 @@ def evaluate_run(
     *,
     corruptions_root: str | Path | None = None,
     sample_probs: SampleProbs | None = None,
+    samples: int = 0,
+    arviz: str | Path | None = None,
     seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
@@ -151,7 +178,12 @@ def evaluate_run(
         n_bins: ECE bins (default: the run's ``ece_bins``).
         corruptions_root: a CIFAR-10-C / CIFAR-100-C folder used instead of generated corruptions.
         sample_probs: ``dataset -> (S, N, C)`` per-sample probabilities replacing the single model.
-        seed: seeds the OOD set and the generated corruptions.
+        samples: ``S > 0`` adds an ``mc_predictive`` block: the posterior predictive by Monte Carlo
+            over the random mask ``Z`` (:func:`bayessparse.ppl.predictive.predictive_probs`), next to
+            the evaluated (for CigL: weight-averaged) model, with OOD mutual information.
+        arviz: with ``samples``, write those draws as ArviZ InferenceData (netCDF) to this path,
+            report PSIS-LOO, and plot the posterior-predictive check next to it (``.png``).
+        seed: seeds the OOD set, the generated corruptions and the Monte Carlo draws.
     """
     from bayessparse.train import load_finished, measured_density
 
@@ -159,6 +191,10 @@ def evaluate_run(
     run, model = load_finished(run_dir)
     cfg, data = run.cfg, run.data
     n_bins = _check_n_bins(cfg.ece_bins if n_bins is None else n_bins)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
+        raise ConfigError(f"--samples must be an integer >= 0, got {samples!r}")
+    if arviz is not None and samples < 1:
+        raise ConfigError("--arviz needs --samples S (S >= 1): it stores the Monte Carlo draws")
     kind = input_kind(cfg.data, data.input_shape)
     ood_name = None if ood == NO_OOD else check_ood(ood, kind, cfg.data)
     folder_suite = folder_corruption_suite(corruptions_root, cfg.data) if corruptions_root is not None else None
@@ -199,9 +235,14 @@ def evaluate_run(
                          title=f"{cfg.method} on {cfg.data}, temperature scaled (T = {temp:.3f})")
         written.append(RELIABILITY_TS_PNG)
 
+    ood_set = make_ood(ood_name, test_set, kind, seed=seed) if ood_name is not None else None
+    if samples:
+        record["mc_predictive"] = _mc_predictive(run, model, test_set, labels, samples, n_bins, ood_set, arviz, seed)
+        written += [Path(arviz).name, Path(arviz).with_suffix(".png").name] if arviz is not None else []
+
     record["ood"] = None
     if ood_name is not None:
-        out_probs, out_logits, _ = predict(make_ood(ood_name, test_set, kind, seed=seed))
+        out_probs, out_logits, _ = predict(ood_set)
         ood_block: dict[str, Any] = {"set": ood_name, "n_in": len(labels), "n_out": out_probs.shape[-2],
                                      "scores": ood_metrics(probs, out_probs)}
         if temp is not None:
@@ -317,11 +358,18 @@ def format_summary(record: dict[str, Any]) -> str:
     ts = record.get("temperature_scaled")
     if ts:
         lines.append(row(f"temperature scaled T={ts['temperature']:.3f}", [ts[c] for c in cols]))
+    mc = record.get("mc_predictive")
+    if mc:
+        lines.append(row(f"MC over Z, {mc['samples']} draws", [mc[c] for c in cols]))
+        if "loo" in mc:
+            lines.append(f"{'  PSIS-LOO elpd':{w}s}{mc['loo']['elpd']:.2f} ± {mc['loo']['se']:.2f} (p_loo {mc['loo']['p_loo']:.1f})")
     if record.get("ood"):
         o = record["ood"]
         lines.append(row(f"OOD '{o['set']}' ({o['n_out']} inputs)", ("auroc", "aupr", "fpr95")))
         for name, m in o["scores"].items():
             lines.append(row(f"  {name}", [m[k] for k in ("auroc", "aupr", "fpr95")]))
+        for name, m in (mc or {}).get("ood", {}).items():
+            lines.append(row(f"  {name} (MC over Z)", [m[k] for k in ("auroc", "aupr", "fpr95")]))
     if record.get("corruptions"):
         c = record["corruptions"]
         lines.append(row(f"corruptions (mean of {len(c['results'])})", ["clean", *(f"sev {s}" for s in SEVERITIES)]))

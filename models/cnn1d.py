@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.init import kaiming_init_
+
 __all__ = ["CNN1D", "cnn1d", "MIN_LENGTH"]
 
 #: The two stride-2 convolutions downsample by 4; shorter signals are rejected by ``models.build``.
@@ -66,12 +68,7 @@ class CNN1D(nn.Module):
             *_conv_bn_relu(c2, c3, 2, kernel_size),
         )
         self.classifier = nn.Linear(2 * c3, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv1d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm1d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() == 2:  # (B, L) -> (B, 1, L)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.init import kaiming_init_
+
 __all__ = ["CNN2D", "cnn2d", "MIN_SIZE"]
 
 #: One 2x2 max-pool; smaller images are rejected by ``models.build``.
@@ -53,12 +55,7 @@ class CNN2D(nn.Module):
             nn.Flatten(),
         )
         self.classifier = nn.Linear(c3, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        kaiming_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))

@@ -18,6 +18,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models.init import kaiming_init_
+
 __all__ = ["WideBasicBlock", "WideResNet", "wrn22_2", "wrn28_10", "MIN_SIZE"]
 
 #: Two stride-2 groups downsample by 4; smaller images are rejected by ``models.build``.
@@ -94,14 +96,8 @@ class WideResNet(nn.Module):
         self.relu = nn.ReLU()
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        kaiming_init_(self)
+        nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))

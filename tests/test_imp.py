@@ -279,3 +279,13 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, f
     assert code == 2
     assert stderr.count("\n") == 1 and stderr.startswith("bayessparse: error:") and needle in stderr
     assert not out.exists()
+
+
+def test_imp_refuses_the_pyro_engine(tmp_path):
+    from bayessparse.config import resolve
+    from bayessparse.errors import ConfigError
+    from bayessparse.sparsity.imp import IMPSettings, imp
+
+    with pytest.raises(ConfigError, match="plain engine only"):
+        imp(resolve({"data": "digits", "model": "mlp", "engine": "pyro", "epochs": 1}), tmp_path / "x", IMPSettings(rounds=1))
+    assert not (tmp_path / "x").exists()

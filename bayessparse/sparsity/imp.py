@@ -444,6 +444,8 @@ def imp(
     from bayessparse.train import load_data
 
     out = Path(out)
+    if cfg.engine != "plain":  # rewinding restores a torch optimizer and schedule per round
+        raise ConfigError(f"IMP runs on the plain engine only, not engine '{cfg.engine}'")
     settings = resolve_settings(settings.to_dict(), epochs=cfg.epochs)
     state_path = out / STATE
     if not resume and (state_path.exists() or (out / RESULTS).exists()):
