@@ -46,7 +46,8 @@ def _runs(setup: dict[str, Any], methods: Sequence[str], sparsity: float, device
     return runs
 
 
-def _time_steps(run: Run, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> float:
+def time_steps(run: Run, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> float:
+    """Mean seconds of ``steps`` training steps of ``run`` on ``batch`` (CUDA synchronised)."""
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
     sync()
     start = time.perf_counter()
@@ -78,13 +79,13 @@ def measure(
     first = runs[methods[0]]
     batch = tuple(t[: first.cfg.batch_size].to(first.device) for t in first.data.train.tensors)
     for run in runs.values():  # warm-up
-        _time_steps(run, batch, 2)
+        time_steps(run, batch, 2)
     order = list(methods)
     shuffle = random.Random(seed)
     per_round: list[dict[str, float]] = []
     for _ in range(rounds):
         shuffle.shuffle(order)
-        per_round.append({m: _time_steps(runs[m], batch, steps) for m in order})
+        per_round.append({m: time_steps(runs[m], batch, steps) for m in order})
     ratios = {f"{m}/dense": statistics.median(r[m] / r["dense"] for r in per_round) for m in methods if m != "dense"}
     if "cigl" in methods and "rigl" in methods:
         ratios["cigl/rigl"] = statistics.median(r["cigl"] / r["rigl"] for r in per_round)

@@ -23,16 +23,15 @@ import os
 import platform
 import random
 import statistics
-import time
 from pathlib import Path
 
 import pyro
 import pyro.distributions as dist
 import torch
 
-from bayessparse.bench import SETUPS, random_bundle
+from bayessparse.bench import SETUPS, random_bundle, time_steps
 from bayessparse.config import resolve
-from bayessparse.train import Run, build_run, train_step
+from bayessparse.train import Run, build_run
 
 
 def _naive(run: Run) -> Run:
@@ -52,16 +51,6 @@ def _naive(run: Run) -> Run:
     return run
 
 
-def _time(run: Run, batch: tuple[torch.Tensor, torch.Tensor], steps: int) -> float:
-    sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
-    sync()
-    start = time.perf_counter()
-    for _ in range(steps):
-        train_step(run, *batch)
-    sync()
-    return (time.perf_counter() - start) / steps
-
-
 def measure(setup_name: str, method: str, rounds: int, steps: int, naive: bool, device: str = "cpu",
             sparsity: float = 0.9, seed: int = 0) -> dict:
     setup = SETUPS[setup_name]
@@ -75,13 +64,13 @@ def measure(setup_name: str, method: str, rounds: int, steps: int, naive: bool, 
     batch = tuple(t[: cfg.batch_size].to(first.device) for t in bundle.train.tensors)
     for run in runs.values():  # warm-up
         run.model.train()
-        _time(run, batch, 2)
+        time_steps(run, batch, 2)
     order = list(runs)
     shuffle = random.Random(seed)
     per_round = []
     for _ in range(rounds):
         shuffle.shuffle(order)
-        per_round.append({name: _time(runs[name], batch, steps) for name in order})
+        per_round.append({name: time_steps(runs[name], batch, steps) for name in order})
     ratios, spread = {}, {}
     for name in runs:
         if name != "plain":
