@@ -30,7 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from bayessparse.config import TrainConfig
-from bayessparse.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name
+from bayessparse.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name, ensemble_probs
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch, write_json, write_text
 from bayessparse.methods import METHODS, check_method
@@ -140,7 +140,7 @@ def _test_predictions(run_dir: Path, entry: Entry | None = None) -> tuple[torch.
     """Test probabilities of a finished run's evaluated model (of an ensemble: the mean of its members)."""
     if entry is not None and entry.kind is not None:
         saved = load_torch(run_dir / PREDICTIONS)
-        return saved["member_probs"].mean(dim=0), saved["labels"]
+        return ensemble_probs(saved["member_probs"]), saved["labels"]
     run, model = load_finished(run_dir)
     return predict_probs(model, run.data.test, run.cfg.eval_batch_size, run.device)
 

@@ -104,7 +104,7 @@ from bayessparse.train import (
     recalibrate_batchnorm,
     train,
 )
-from bayessparse.uncertainty.diversity import disagreement, pairwise_kl
+from bayessparse.uncertainty.diversity import diversity
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.reliability import plot_reliability
 
@@ -541,7 +541,7 @@ def ensemble(
         "plan": plan.to_dict() if plan else None,
         "members": member_rows,
         "ensemble": {**ensemble_metrics, "n_test": len(labels)},
-        "diversity": {"disagreement": disagreement(member_probs), "pairwise_kl": pairwise_kl(member_probs)},
+        "diversity": diversity(member_probs),
         "mask_overlap": mask_overlap(masks),
         "cost": training_cost(cfg, runs, seconds, dense),
         "dense_reference": None if dense is None else {k: dense[k] for k in ("accuracy", "nll", "ece", "brier", "density", "train_seconds")},

@@ -54,16 +54,16 @@ from bayessparse.data.corruptions import (
 )
 from bayessparse.data.ood import check_ood, make_ood
 from bayessparse.errors import ConfigError
-from bayessparse.files import write_atomic, write_json
+from bayessparse.files import save_figure, write_atomic, write_json
 from bayessparse.predict import predict_logits
 from bayessparse.uncertainty.calibration import (
     adaptive_calibration_error,
     classwise_calibration_error,
     maximum_calibration_error,
 )
-from bayessparse.uncertainty.metrics import accuracy, brier, expected_calibration_error, nll, predictive_mean
+from bayessparse.uncertainty.metrics import expected_calibration_error, nll, predictive_mean, summary
 from bayessparse.uncertainty.ood import SCORES, ood_metrics, ood_scores
-from bayessparse.uncertainty.reliability import _save_png_atomic, plot_reliability
+from bayessparse.uncertainty.reliability import plot_reliability
 from bayessparse.uncertainty.temperature import apply_temperature, fit_temperature, temperature_nll
 
 __all__ = ["EVAL", "calibration_summary", "evaluate_run"]
@@ -80,23 +80,15 @@ SampleProbs = Callable[[Dataset], Tensor]
 def calibration_summary(probs: Tensor, labels: Tensor, n_bins: int = 15) -> dict[str, float]:
     """accuracy, nll, ece, adaptive_ece, classwise_ece, mce, brier of ``(N, C)`` / ``(S, N, C)`` probabilities."""
     return {
-        "accuracy": accuracy(probs, labels),
-        "nll": nll(probs, labels),
-        "ece": expected_calibration_error(probs, labels, n_bins),
+        **summary(probs, labels, n_bins),
         "adaptive_ece": adaptive_calibration_error(probs, labels, n_bins),
         "classwise_ece": classwise_calibration_error(probs, labels, n_bins),
         "mce": maximum_calibration_error(probs, labels, n_bins),
-        "brier": brier(probs, labels),
     }
 
 
 def _shift_summary(probs: Tensor, labels: Tensor, n_bins: int, scaled: Tensor | None) -> dict[str, float]:
-    out = {
-        "accuracy": accuracy(probs, labels),
-        "nll": nll(probs, labels),
-        "ece": expected_calibration_error(probs, labels, n_bins),
-        "brier": brier(probs, labels),
-    }
+    out = summary(probs, labels, n_bins)
     if scaled is not None:
         out["nll_temperature_scaled"] = nll(scaled, labels)
         out["ece_temperature_scaled"] = expected_calibration_error(scaled, labels, n_bins)
@@ -195,6 +187,8 @@ def evaluate_run(
         raise ConfigError(f"--samples must be an integer >= 0, got {samples!r}")
     if arviz is not None and samples < 1:
         raise ConfigError("--arviz needs --samples S (S >= 1): it stores the Monte Carlo draws")
+    if arviz is not None and not Path(arviz).parent.is_dir():
+        raise ConfigError(f"--arviz: folder {Path(arviz).parent} does not exist")
     kind = input_kind(cfg.data, data.input_shape)
     ood_name = None if ood == NO_OOD else check_ood(ood, kind, cfg.data)
     folder_suite = folder_corruption_suite(corruptions_root, cfg.data) if corruptions_root is not None else None
@@ -219,19 +213,19 @@ def evaluate_run(
         "test": calibration_summary(probs, labels, n_bins),
     }
 
-    temp = None
+    temp = test_scaled = None
     written = []
     if temperature:
         _, val_logits, val_labels = predict(data.val)
         temp = fit_temperature(val_logits, val_labels)
-        scaled = apply_temperature(logits, temp)
+        test_scaled = apply_temperature(logits, temp)
         record["temperature_scaled"] = {
-            **calibration_summary(scaled, labels, n_bins),
+            **calibration_summary(test_scaled, labels, n_bins),
             "temperature": temp,
             "val_nll": temperature_nll(val_logits, val_labels, 1.0),
             "val_nll_scaled": temperature_nll(val_logits, val_labels, temp),
         }
-        plot_reliability(scaled, labels, run_dir / RELIABILITY_TS_PNG, n_bins=n_bins,
+        plot_reliability(test_scaled, labels, run_dir / RELIABILITY_TS_PNG, n_bins=n_bins,
                          title=f"{cfg.method} on {cfg.data}, temperature scaled (T = {temp:.3f})")
         written.append(RELIABILITY_TS_PNG)
 
@@ -246,7 +240,7 @@ def evaluate_run(
         ood_block: dict[str, Any] = {"set": ood_name, "n_in": len(labels), "n_out": out_probs.shape[-2],
                                      "scores": ood_metrics(probs, out_probs)}
         if temp is not None:
-            ood_block["scores_temperature_scaled"] = ood_metrics(apply_temperature(logits, temp),
+            ood_block["scores_temperature_scaled"] = ood_metrics(test_scaled,
                                                                  apply_temperature(out_logits, temp))
         record["ood"] = ood_block
         plot_ood_scores(ood_scores(probs), ood_scores(out_probs), run_dir / OOD_PNG,
@@ -263,7 +257,7 @@ def evaluate_run(
             scaled = apply_temperature(c_logits, temp) if temp is not None else None
             summary = _shift_summary(c_probs, c_labels, n_bins, scaled)
             results.setdefault(name, []).append({"severity": severity, **summary})
-        clean = _shift_summary(probs, labels, n_bins, apply_temperature(logits, temp) if temp is not None else None)
+        clean = _shift_summary(probs, labels, n_bins, test_scaled)
         mean = [
             {"severity": s, **{k: float(np.mean([rows[s - 1][k] for rows in results.values()])) for k in clean}}
             for s in SEVERITIES
@@ -311,7 +305,7 @@ def plot_corruptions(clean: dict[str, float], results: dict[str, list[dict[str, 
             ax.set_ylim(bottom=0.0)
     axes[0].legend(loc="lower left", fontsize="small", frameon=True)
     fig.suptitle(title or "Corruptions")
-    _save_png_atomic(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -336,7 +330,7 @@ def plot_ood_scores(scores_in: dict[str, Tensor], scores_out: dict[str, Tensor],
         ax.grid(True, alpha=0.3, linewidth=0.6)
     axes[0].legend(loc="upper center", fontsize="small", frameon=True)
     fig.suptitle(title or "OOD scores")
-    _save_png_atomic(fig, path)
+    save_figure(fig, path)
     return fig
 
 

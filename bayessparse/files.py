@@ -16,14 +16,20 @@ import torch
 
 from bayessparse.errors import ConfigError
 
+# The process umask, read once at import (os.umask can only be read by setting it): mkstemp
+# creates files 0600, and a result file should get the permissions an ordinary open() gives.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path``."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` (mode ``0666 & ~umask``)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -36,6 +42,16 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 150) -> None:
+    """Render a matplotlib ``Figure`` (Agg, no pyplot state) to a PNG, creating the folder if needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def save_torch(path: str | Path, obj: Any) -> None:

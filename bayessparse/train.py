@@ -16,13 +16,14 @@ ends bit-identical to an uninterrupted one on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -294,8 +295,25 @@ def load_finished(run_dir: str | Path) -> tuple[Run, nn.Module]:
     """Rebuild a finished run from its folder: the run (state at the end of training) and its evaluated model.
 
     The evaluated model is the one ``metrics.json`` describes (for CigL the averaged network).
+    The caller's global random states (torch, numpy, python) are left as they were.
     """
-    run_dir = Path(run_dir)
+    with preserved_random_state():
+        return _load_finished(Path(run_dir))
+
+
+@contextlib.contextmanager
+def preserved_random_state() -> Iterator[None]:
+    """Restore the global torch (CPU), numpy and python random states on exit."""
+    numpy_state, python_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        np.random.set_state(numpy_state)
+        random.setstate(python_state)
+
+
+def _load_finished(run_dir: Path) -> tuple[Run, nn.Module]:
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
     cfg = resolve(read_yaml(run_dir / CONFIG))

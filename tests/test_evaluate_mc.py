@@ -4,7 +4,6 @@ import json
 
 import arviz as az
 import pytest
-import torch
 
 from bayessparse.cli import main
 from bayessparse.config import resolve

@@ -29,7 +29,7 @@ def _batches(run, n, seed=1):
 
 def test_run_folder_contract_and_pyro_state_in_the_checkpoint(tmp_path):
     out = tmp_path / "run"
-    metrics = train(resolve(DIGITS, {"method": "cigl", "epochs": 2}), out, progress=False)
+    train(resolve(DIGITS, {"method": "cigl", "epochs": 2}), out, progress=False)
     assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "checkpoint.pt", "reliability.png"}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["method"] == "cigl" and saved["accuracy"] > 0.5 and len(saved["history"]) == 2

@@ -14,7 +14,7 @@ import bayessparse.train as train_module
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch
-from bayessparse.train import build_run, lr_factor, make_optimizer, measured_density, train
+from bayessparse.train import build_run, lr_factor, measured_density, train
 
 FAST = {"data": "digits", "model": "mlp", "epochs": 3, "batch_size": 64, "lr": 0.05}
 
@@ -139,3 +139,30 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     for key in b["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert json.loads((killed / "metrics.json").read_text())["accuracy"] == json.loads((straight / "metrics.json").read_text())["accuracy"]
+
+
+def test_load_finished_leaves_global_random_state_alone(tmp_path):
+    import random
+
+    import numpy as np
+
+    from bayessparse.train import load_finished
+
+    train(resolve(FAST, {"epochs": 1}), tmp_path / "run", progress=False)
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(123), np.random.seed(123), random.seed(123)
+    run, model = load_finished(tmp_path / "run")
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(got[0], expected[0]) and (got[1] == expected[1]).all() and got[2] == expected[2]
+    assert not model.training
+
+
+def test_result_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    train(resolve(FAST, {"epochs": 1}), tmp_path / "run", progress=False)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    for name in ("metrics.json", "config.yaml", "checkpoint.pt", "reliability.png"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o666 & ~umask, name

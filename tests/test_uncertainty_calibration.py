@@ -115,7 +115,7 @@ def test_adaptive_bins_are_equal_mass():
 
 def test_adaptive_equals_ece_when_equal_width_bins_hold_equal_mass():
     """k points inside every equal-width bin: equal-mass and equal-width bins coincide."""
-    n_bins, k, c = 10, 7, 2
+    n_bins, k = 10, 7
     g = torch.Generator().manual_seed(0)
     centres = (torch.arange(n_bins, dtype=torch.float64) + 0.5) / n_bins
     conf = (centres[:, None] + 0.04 * (torch.rand(n_bins, k, generator=g, dtype=torch.float64) - 0.5)).reshape(-1)

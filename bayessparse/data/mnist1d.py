@@ -19,13 +19,13 @@ import importlib.metadata
 import json
 import os
 import random
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 
 from bayessparse.data.bundle import DataBundle, tensor_dataset
+from bayessparse.files import write_atomic
 from bayessparse.data.noise import check_label_noise, symmetric_label_noise
 from bayessparse.data.splits import Stream, check_data_seed, check_n_samples, rng_for, stratified_holdout
 
@@ -89,23 +89,11 @@ def cached_arrays(args: dict) -> dict[str, np.ndarray]:
             return {name: cached[name] for name in _ARRAYS}
     arrays = generate(args)
     try:
-        write_atomically(path, arrays)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: _save_npz(tmp, arrays))
     except OSError as err:
         warnings.warn(f"could not cache MNIST-1D at {path}: {err}", stacklevel=2)
     return arrays
-
-
-def write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Save ``arrays`` as ``.npz`` to a temporary file beside ``path``, then rename it onto ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def generate(args: dict) -> dict[str, np.ndarray]:
@@ -128,3 +116,8 @@ def generate(args: dict) -> dict[str, np.ndarray]:
         "x_test": data["x_test"].astype(np.float32),
         "y_test": data["y_test"].astype(np.int64),
     }
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with path.open("wb") as handle:  # a handle: np.savez would append ".npz" to a path
+        np.savez(handle, **arrays)

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
-from bayessparse.uncertainty.reliability import _save_png_atomic
+from bayessparse.files import save_figure
+from bayessparse.sparsity.imp import best_round
 
 __all__ = ["plot_double_descent"]
 
@@ -36,7 +37,7 @@ def plot_double_descent(records: Sequence[dict[str, Any]], path: str | os.PathLi
     x_key = "nonzero_pruned" if all("nonzero_pruned" in r for r in records) else "nonzero"
     x = np.array([max(1, int(r[x_key])) for r in records])
     dense_rest = int(records[0]["nonzero"]) - int(records[0][x_key])
-    best = min(range(len(records)), key=lambda i: (records[i]["test_error"], records[i]["round"]))
+    best = list(records).index(best_round(list(records)))
     fig = Figure(figsize=(6.4, 8.4), layout="constrained")
     ax_err, ax_prob, ax_cal = fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [1.6, 1.2, 1.0]})
 
@@ -83,5 +84,5 @@ def plot_double_descent(records: Sequence[dict[str, Any]], path: str | os.PathLi
     top.set_xticklabels([f"{records[i]['density']:.2g}" for i in ticks], fontsize="x-small")
     top.set_xlabel("density of the pruned layers", fontsize="small")
     ax_err.set_title(title or "Iterative magnitude pruning")
-    _save_png_atomic(fig, path)
+    save_figure(fig, path)
     return fig

@@ -259,7 +259,6 @@ class SparseNetModel(PyroModule):
         self._like = {name: (w.device, w.dtype) for name, w in weights.items()}
         prunable = {id(w) for w in weights.values()}
         self._plain = {n: p for n, p in net.named_parameters() if id(p) not in prunable}
-        self.plain_names = list(self._plain)
         # One distribution object per layer, shared with the guide: q(Z) *is* p(Z), which
         # CancellingTrace_ELBO recognises by identity (no per-weight log-probs for Z).
         self.z_priors: dict[str, TorchDistribution] = {}

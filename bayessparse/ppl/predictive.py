@@ -32,7 +32,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset
 
 from bayessparse.batches import batches, inputs
-from bayessparse.files import write_atomic
+from bayessparse.files import save_figure
 from bayessparse.ppl.guide import SparseGuide
 from bayessparse.ppl.model import SparseNetModel, z_site
 from bayessparse.sparsity.density import prunable_weights
@@ -106,7 +106,9 @@ def predictive_probs(
     bayes = SparseNetModel(net, len(run.data.train), run.cfg.weight_decay or 1.0, keep_prob=keep)
     guide = SparseGuide(bayes, getattr(run.method, "masks", None))
     norms = [m for m in net.modules() if isinstance(m, _BatchNorm)]
-    with pyro.get_param_store().scope(), poutine.seed(rng_seed=seed), torch.no_grad():
+    cuda = [run.device] if run.device.type == "cuda" else []  # poutine.seed reseeds CUDA without restoring it
+    with torch.random.fork_rng(devices=cuda), pyro.get_param_store().scope(), poutine.seed(rng_seed=seed), \
+            torch.no_grad():
         z_names = [z_site(name) for name in bayes.weight_names] if keep < 1.0 else []
         draws = Predictive(guide, num_samples=samples, return_sites=z_names)() if z_names else {}
         for name in bayes.weight_names:  # the point mass: one tensor, viewed S times
@@ -210,7 +212,5 @@ def plot_posterior_predictive(idata: Any, path: str | Path, title: str | None = 
     right.legend()
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    save_figure(fig, path)
     return fig

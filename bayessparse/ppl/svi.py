@@ -189,7 +189,6 @@ class StructuredSVI(SVI):
         self.structured_guide = guide
         self.method = method
         self.draw = draw
-        self.last_update: dict[str, Any] | None = None
 
     def step(self, *args: Any, t: int, **kwargs: Any) -> float:
         update = self.method.wants_update(t)
@@ -202,7 +201,7 @@ class StructuredSVI(SVI):
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss}")
             if update:
-                self.last_update = self.structured_guide.update_structure(self.method, t, dense.grads, self.optim)
+                self.structured_guide.update_structure(self.method, t, dense.grads, self.optim)
             else:
                 self.method.before_optimizer_step()
                 self.optim(params)

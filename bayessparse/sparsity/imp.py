@@ -503,7 +503,6 @@ def imp(
             "config": cfg.to_dict(),
             "settings": settings.to_dict(),
             "rewind": rewind,
-            "round_masks": masks,
             "masks": next_masks,
             "model": snapshot(model),
             "records": records,

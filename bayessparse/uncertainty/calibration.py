@@ -76,13 +76,13 @@ def adaptive_calibration_bins(probs: Tensor, labels: Tensor, n_bins: int = 15) -
     order = torch.sort(correct, stable=True).indices
     order = order[torch.sort(conf[order], stable=True).indices]
     conf, correct = conf[order], correct[order]
-    sizes = torch.full((n_bins,), n // n_bins, dtype=torch.long)
+    sizes = torch.full((n_bins,), n // n_bins, dtype=torch.long, device=conf.device)
     sizes[: n % n_bins] += 1
-    idx = torch.repeat_interleave(torch.arange(n_bins), sizes)
-    zeros = torch.zeros(n_bins, dtype=torch.float64)
+    idx = torch.repeat_interleave(torch.arange(n_bins, device=conf.device), sizes)
+    zeros = torch.zeros(n_bins, dtype=torch.float64, device=conf.device)
     sum_conf = zeros.clone().index_add_(0, idx, conf)
     sum_correct = zeros.clone().index_add_(0, idx, correct)
-    nan = torch.full((n_bins,), float("nan"), dtype=torch.float64)
+    nan = torch.full((n_bins,), float("nan"), dtype=torch.float64, device=conf.device)
     nonempty = sizes > 0
     starts = torch.cumsum(sizes, 0) - sizes
     lower = torch.where(nonempty, conf[starts.clamp(max=n - 1)], nan)
@@ -115,7 +115,6 @@ def classwise_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15)
     idx = (torch.bucketize(p, edges, right=True) - 1).clamp(0, n_bins - 1)  # (N, C) bin of every p̄_nk
     flat = (idx + n_bins * torch.arange(c, device=p.device)).reshape(-1)  # one bin set per class
     hit = torch.nn.functional.one_hot(labels, c).double().reshape(-1)
-    counts = torch.bincount(flat, minlength=c * n_bins).double()
     sum_conf = torch.zeros(c * n_bins, dtype=torch.float64, device=p.device).index_add_(0, flat, p.double().reshape(-1))
     sum_hit = torch.zeros(c * n_bins, dtype=torch.float64, device=p.device).index_add_(0, flat, hit)
     gap = (sum_hit - sum_conf).abs()  # n_bk |freq_bk − conf_bk|, zero for empty bins

@@ -8,42 +8,17 @@ routine the ECE uses. Each function returns the Figure it saved (handy for tests
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
+from bayessparse.files import save_figure
 from bayessparse.uncertainty.metrics import calibration_bins, ece_from_bins
 
 __all__ = ["plot_reliability", "plot_reliability_overlay"]
 
 _DIAGONAL_GID = "diagonal"
-
-
-def _save_png_atomic(fig: Figure, path: str | os.PathLike) -> None:
-    """Render ``fig`` to a temporary PNG next to ``path``, then ``os.replace`` it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=150)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _bins_numpy(probs: Tensor, labels: Tensor, n_bins: int) -> tuple[dict[str, np.ndarray], float]:
@@ -110,7 +85,7 @@ def plot_reliability(probs: Tensor, labels: Tensor, path: str | os.PathLike, n_b
     _draw_reliability(top, b, ece)
     _draw_histogram(bottom, b)
     top.set_title(title or "Reliability diagram")
-    _save_png_atomic(fig, path)
+    save_figure(fig, path)
     return fig
 
 
@@ -136,5 +111,5 @@ def plot_reliability_overlay(curves: dict[str, tuple[Tensor, Tensor]], path: str
     ax.set_aspect("equal")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     ax.set_title(title or "Reliability diagram")
-    _save_png_atomic(fig, path)
+    save_figure(fig, path)
     return fig
