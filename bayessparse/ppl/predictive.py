@@ -127,10 +127,18 @@ def predictive_probs(
 
 def _predict(bayes: SparseNetModel, draws: dict[str, Tensor], dataset: Dataset, batch_size: int,
              device: Any) -> Tensor:
-    """The model conditioned on each of the draws (leading dimension), over ``dataset``: ``(S, N, C)``."""
-    predictive = Predictive(bayes, posterior_samples=draws, return_sites=("_RETURN",))
-    out = [predictive(x)["_RETURN"].float().softmax(-1).cpu() for x, _ in batches(dataset, batch_size, device=device)]
-    return torch.cat(out, dim=1)
+    """The model conditioned on each of the draws (leading dimension), over ``dataset``: ``(S, N, C)``.
+
+    A plain loop of ``poutine.condition`` over the draws: ``Predictive(posterior_samples=...)`` would
+    also run the model unconditioned twice per call to probe plate nesting and shapes.
+    """
+    samples = next(iter(draws.values())).shape[0]
+    per_draw = []
+    for s in range(samples):
+        conditioned = poutine.condition(bayes, {name: value[s] for name, value in draws.items()})
+        logits = [conditioned(x) for x, _ in batches(dataset, batch_size, device=device)]
+        per_draw.append(torch.cat(logits).float().softmax(-1).cpu())
+    return torch.stack(per_draw)
 
 
 def _reestimate_batchnorm(bayes: SparseNetModel, norms: list[_BatchNorm], draw: dict[str, Tensor],
