@@ -75,39 +75,32 @@ _HINTS = typing.get_type_hints(TrainConfig)
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
-def _coerce(name: str, value: Any) -> Any:
-    """Convert a YAML / flag value to the field's type, or fail naming the field."""
-    hint = _HINTS[name]
+def coerce(name: str, value: Any, hint: Any, what: str = "config field") -> Any:
+    """Convert a YAML / flag value to the type ``hint`` (``int``, ``float``, ``bool``, ``str``,
+    ``tuple[float, ...]``, or ``X | None``), or fail with a one-line error naming ``what`` and ``name``."""
     optional = type(None) in typing.get_args(hint)
     if value is None:
         if optional:
             return None
-        raise ConfigError(f"config field '{name}' must not be empty")
+        raise ConfigError(f"{what} '{name}' must not be empty")
     base = next(a for a in typing.get_args(hint) if a is not type(None)) if optional else hint
-    origin = typing.get_origin(base)
     try:
-        if origin is tuple:
+        if typing.get_origin(base) is tuple:
             items = value if isinstance(value, (list, tuple)) else [value]
             return tuple(float(v) for v in items)
         if base is bool:
-            if isinstance(value, str):
-                if value.lower() in ("true", "yes", "1"):
-                    return True
-                if value.lower() in ("false", "no", "0"):
-                    return False
-                raise ValueError(value)
-            return bool(value)
-        if base is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
             if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if base is float:
-            return float(value)
-        return str(value)
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
+                return value.lower() in ("true", "yes", "1")
+            raise ValueError(value)
+        if base in (int, float) and isinstance(value, bool):
+            raise ValueError(value)
+        if base is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError(value)
+        return base(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"config field '{name}' must be {getattr(base, '__name__', base)}, got {value!r}") from None
+        raise ConfigError(f"{what} '{name}' must be {getattr(base, '__name__', base)}, got {value!r}") from None
 
 
 def _check(cfg: TrainConfig) -> None:
@@ -148,7 +141,7 @@ def resolve(*layers: Mapping[str, Any] | None) -> TrainConfig:
         for name, value in (layer or {}).items():
             if name not in FIELD_NAMES:
                 raise ConfigError(f"unknown config field '{name}'")
-            merged[name] = _coerce(name, value)
+            merged[name] = coerce(name, value, _HINTS[name])
     cfg = TrainConfig(**merged)
     _check(cfg)
     return cfg
@@ -176,4 +169,4 @@ def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-__all__ = ["TrainConfig", "FIELD_NAMES", "resolve", "read_yaml", "dump_yaml"]
+__all__ = ["TrainConfig", "FIELD_NAMES", "coerce", "resolve", "read_yaml", "dump_yaml"]

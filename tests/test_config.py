@@ -35,6 +35,11 @@ def test_type_errors_name_the_field():
         resolve({"epochs": 2.5})
     with pytest.raises(ConfigError, match="nesterov"):
         resolve({"nesterov": "maybe"})
+    with pytest.raises(ConfigError, match="nesterov"):
+        resolve({"nesterov": 2})
+    with pytest.raises(ConfigError, match="lr"):
+        resolve({"lr": True})
+    assert resolve({"nesterov": "no", "epochs": 3.0, "n_samples": None}).nesterov is False
 
 
 def test_unknown_field_and_bad_files(tmp_path):

@@ -52,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +63,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from bayessparse import data as datasets
-from bayessparse.config import TrainConfig
+from bayessparse.config import TrainConfig, coerce
 from bayessparse.data.noise import noisy_label_posterior
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, save_torch, write_json, write_text
@@ -117,35 +118,7 @@ class IMPSettings:
         return dataclasses.asdict(self)
 
 
-_SETTING_TYPES = {"rounds": int, "prune_fraction": float, "rewind_epoch": int, "prune_output": bool}
-
-
-def _coerce_setting(name: str, value: Any) -> Any:
-    kind = _SETTING_TYPES[name]
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"):
-            return value.lower() in ("true", "yes", "1")
-    elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-    else:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    raise ConfigError(f"imp setting '{name}' must be {kind.__name__}, got {value!r}")
+_SETTING_TYPES = typing.get_type_hints(IMPSettings)
 
 
 def resolve_settings(*layers: Mapping[str, Any] | None, epochs: int | None = None) -> IMPSettings:
@@ -163,7 +136,7 @@ def resolve_settings(*layers: Mapping[str, Any] | None, epochs: int | None = Non
             if name not in _SETTING_TYPES:
                 raise ConfigError(f"unknown imp setting '{name}' (choose from: {', '.join(_SETTING_TYPES)})")
             if value is not None:
-                merged[name] = _coerce_setting(name, value)
+                merged[name] = coerce(name, value, _SETTING_TYPES[name], what="imp setting")
     s = IMPSettings(**merged)
     if s.rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {s.rounds}")
