@@ -106,12 +106,20 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bayessparse.compare import compare, default_methods
+    from bayessparse.compare import COMPARE_DEFAULTS, compare, default_methods
 
-    cfg = resolve(*_config_layers(args))
+    cfg = resolve(COMPARE_DEFAULTS, *_config_layers(args))
     methods = _names(args.methods) if args.methods else default_methods()
-    compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress)
+    compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress, workers=_workers(args.jobs))
     return 0
+
+
+def _workers(jobs: int | None) -> int:
+    from bayessparse.jobs import default_workers
+
+    if jobs is not None and jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    return default_workers() if jobs is None else jobs
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -188,6 +196,21 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_study(args: argparse.Namespace) -> int:
+    from bayessparse.study import default_spec, run_study
+
+    if args.quick and args.config is not None:
+        raise ConfigError("--quick and --config exclude each other (--quick is --config experiments/study_quick.yaml)")
+    spec = args.config if args.config is not None else default_spec(args.quick)
+    out = args.out if args.out is not None else Path("runs/study-quick" if args.quick else "runs/study")
+    words = ["study", "--quick" if args.quick else f"--config {spec}"]
+    words += [f"--out {out}"] + ([f"--docs {args.docs}"] if args.docs is not None else [])
+    result = run_study(spec, out, workers=_workers(args.jobs), docs=args.docs, progress=not args.no_progress,
+                       command="bayessparse " + " ".join(words))
+    print(f"{result['cells']} trainings scored in {result['seconds']:.0f} s -> {', '.join(result['report'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bayessparse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -202,9 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(comp, skip=("--method", "--seed"))
     comp.add_argument(
         "--methods",
-        help="comma-separated entries (default: dense, rigl, cigl): a method, or an ensemble edst:METHOD:M, "
-        "dst:METHOD:M, METHOD:M (= dst:METHOD:M), e.g. cigl,edst:rigl:3,dense:3 (rows 'EDST(RigL) x3', 'dense x3')",
+        help="comma-separated entries (default: dense, rigl, rigl+ts, cigl): a method, METHOD+ts (its runs, "
+        "temperature-scaled), or an ensemble edst:METHOD:M, dst:METHOD:M, METHOD:M (= dst:METHOD:M), "
+        "e.g. cigl,edst:rigl:3,dense:3 (rows 'EDST(RigL) x3', 'dense x3')",
     )
+    comp.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
     comp.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,1,2")
     comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
     comp.set_defaults(func=cmd_compare)
@@ -242,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--out", type=Path, required=True, help="sweep folder")
     imp.add_argument("--resume", action="store_true", help="continue (or extend) the sweep in --out")
     imp.set_defaults(func=cmd_imp)
+    study = sub.add_parser("study", help="the reproduction study: trains, scores and writes results.md")
+    study.add_argument("--config", type=Path, help="study specification (default: experiments/study.yaml)")
+    study.add_argument("--quick", action="store_true", help="the CI-sized study (experiments/study_quick.yaml)")
+    study.add_argument("--out", type=Path, help="output folder (default: runs/study or runs/study-quick); "
+                                                "re-running continues it")
+    study.add_argument("--docs", type=Path, help="also write results.md and figures/ into this folder (e.g. docs)")
+    study.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
+    study.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.set_defaults(func=cmd_study)
+
     ens = sub.add_parser("ensemble", help="FreeTickets DST / EDST ensembles of sparse networks")
     _add_run_flags(ens)
     ens.add_argument("--kind", required=True, help="dst (M independent runs) or edst (one run, M phases)")

@@ -9,7 +9,8 @@ Layout of the output folder::
     OUT/METHOD/seed-S/               one run folder per pair (the train run-folder contract)
     OUT/KIND-METHOD-xM/seed-S/       one ensemble folder per (ensemble entry, seed) (see bayessparse.ensembles)
 
-An entry of ``methods`` is a method (``cigl``: one run per seed) or a FreeTickets ensemble:
+An entry of ``methods`` is a method (``cigl``: one run per seed), a method with post-hoc temperature
+scaling (``rigl+ts``: the same runs as ``rigl``, ``T`` fitted on the validation split), or a FreeTickets ensemble:
 ``edst:METHOD:M`` (EDST, one run with M phases), ``dst:METHOD:M`` (M independent runs) and
 ``METHOD:M`` for ``dst:METHOD:M`` (``dense:3`` is a deep ensemble). Ensemble rows are named
 ``EDST(RigL) x3``, ``DST(CigL) x3``, ``dense x3``; their accuracy / nll / ece / brier are those of the
@@ -17,11 +18,13 @@ ensemble, density is the mean member density and train_seconds the total. For se
 ensemble's members use seeds ``S*M .. S*M+M-1`` (ensembles of different seeds share no member) and
 an EDST run uses seed ``S``.
 
-Re-running the same command continues interrupted runs and re-uses finished ones.
+Re-running the same command continues interrupted runs and re-uses finished ones. ``workers`` trainings
+run side by side, one process each (the numbers do not depend on it).
 """
 
 from __future__ import annotations
 
+import json
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,36 +32,51 @@ from typing import Any, Sequence
 
 import torch
 
-from bayessparse.config import TrainConfig
+from bayessparse.config import TrainConfig, resolve
 from bayessparse.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name, ensemble_probs
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch, write_json, write_text
 from bayessparse.methods import METHODS, check_method
-from bayessparse.predict import predict_probs
-from bayessparse.train import load_data, load_finished, train
+from bayessparse.jobs import run_jobs
+from bayessparse.predictors import labels_of, model_predictor, temperature_scaled
+from bayessparse.train import METRICS, load_data, load_finished, train
+from bayessparse.uncertainty.metrics import summary as test_summary
 from bayessparse.uncertainty.reliability import plot_reliability, plot_reliability_overlay
 
-DEFAULT_METHODS = ("dense", "rigl", "cigl")
+DEFAULT_METHODS = ("dense", "rigl", "rigl+ts", "cigl")
+TEMPERATURE_SUFFIX = "+ts"
+#: compare's own defaults, under a YAML file and the flags. The main job runs long enough for sparse
+#: training to become over-confident (docs/results.md, "The main job"); ``train`` keeps the short default.
+COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 40}
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier", "density", "train_seconds")
 
 
 def default_methods() -> list[str]:
-    """dense, RigL and CigL: those of them that are registered."""
-    return [m for m in DEFAULT_METHODS if m in METHODS]
+    """dense, RigL, RigL + temperature scaling and CigL: those of them that are registered."""
+    return [m for m in DEFAULT_METHODS if m.removesuffix(TEMPERATURE_SUFFIX) in METHODS]
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One row of the table: a method (``kind=None``, one run per seed) or an ensemble of ``members``."""
+    """One row of the table: a method (``kind=None``, one run per seed) or an ensemble of ``members``;
+    ``temperature``: the same runs, temperature-scaled on the validation split (no extra training)."""
 
     method: str
     kind: str | None = None
     members: int = 1
+    temperature: bool = False
 
     @property
     def name(self) -> str:
-        """The row name: the method, or e.g. ``EDST(RigL) x3``."""
-        return self.method if self.kind is None else ensemble_name(self.kind, self.method, self.members)
+        """The row name: the method, ``rigl+ts``, or e.g. ``EDST(RigL) x3``."""
+        if self.kind is not None:
+            return ensemble_name(self.kind, self.method, self.members)
+        return self.method + ("+ts" if self.temperature else "")
+
+    @property
+    def label(self) -> str:
+        """The row's name in file names."""
+        return self.folder + ("+ts" if self.temperature else "")
 
     @property
     def folder(self) -> str:
@@ -66,7 +84,12 @@ class Entry:
 
 
 def parse_entry(text: str) -> Entry:
-    """``rigl`` | ``edst:rigl:3`` | ``dst:cigl:3`` | ``dense:3`` (= ``dst:dense:3``), checked."""
+    """``rigl`` | ``rigl+ts`` | ``edst:rigl:3`` | ``dst:cigl:3`` | ``dense:3`` (= ``dst:dense:3``), checked."""
+    if text.endswith(TEMPERATURE_SUFFIX):
+        base = parse_entry(text[: -len(TEMPERATURE_SUFFIX)])
+        if base.kind is not None or base.temperature:
+            raise ConfigError(f"bad --methods entry {text!r}: '+ts' follows a single method, e.g. rigl+ts")
+        return Entry(base.method, temperature=True)
     parts = [p.strip() for p in text.split(":")]
     if len(parts) == 1:
         check_method(parts[0])
@@ -137,30 +160,57 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
 
 
 def _test_predictions(run_dir: Path, entry: Entry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test probabilities of a finished run's evaluated model (of an ensemble: the mean of its members)."""
+    """Test probabilities of a finished run's evaluated model (of an ensemble: the mean of its members;
+    of a ``+ts`` entry: temperature-scaled)."""
     if entry is not None and entry.kind is not None:
         saved = load_torch(run_dir / PREDICTIONS)
         return ensemble_probs(saved["member_probs"]), saved["labels"]
     run, model = load_finished(run_dir)
-    return predict_probs(model, run.data.test, run.cfg.eval_batch_size, run.device)
+    predict = model_predictor(run, model)
+    if entry is not None and entry.temperature:
+        predict, _ = temperature_scaled(run, predict)
+    return predict(run.data.test).softmax(-1), labels_of(run.data.test)
+
+
+def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
+    """The run's metrics record with the test metrics of its temperature-scaled model."""
+    run, model = load_finished(run_dir)
+    predict, temperature = temperature_scaled(run, model_predictor(run, model))
+    record = json.loads((run_dir / METRICS).read_text())
+    test = test_summary(predict(run.data.test).softmax(-1), labels_of(run.data.test), n_bins)
+    return {**record, **test, "method": record["method"] + TEMPERATURE_SUFFIX, "temperature": temperature}
+
+
+def _job(job: tuple[str, dict[str, Any], str, Entry]) -> dict[str, Any]:
+    """One training of the table (a run or an ensemble), resumed if its folder holds one; worker-safe."""
+    what, cfg_dict, folder, entry = job
+    cfg = resolve(cfg_dict)
+    if what == "run":
+        return train(cfg, folder, resume=True, progress=False)
+    return _ensemble_record(cfg, entry, cfg.seed, Path(folder), progress=False)
 
 
 def compare(
-    base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True
+    base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
+    workers: int = 1,
 ) -> dict[str, Any]:
     """Train every entry (method or ensemble, see :func:`parse_entry`) with every seed, print the table,
-    write results.json and the diagrams."""
-    entries = [parse_entry(m) for m in methods]
-    configs = {(e, s): base.replace(method=e.method, seed=s) for e in entries for s in seeds}
+    write results.json and the diagrams. ``workers`` trainings run side by side (:mod:`bayessparse.jobs`)."""
+    entries = list(dict.fromkeys(parse_entry(m) for m in methods))
     out = Path(out)
     load_data(base)  # validates the data fields before any folder exists
+    jobs: dict[str, tuple[str, dict[str, Any], str, Entry]] = {}
+    for entry in entries:
+        for seed in seeds:
+            folder = str(out / entry.folder / f"seed-{seed}")
+            what = "run" if entry.kind is None else "ensemble"
+            jobs.setdefault(folder, (what, base.replace(method=entry.method, seed=seed).to_dict(), folder, entry))
+    done = dict(zip(jobs, run_jobs(_job, list(jobs.values()), workers, progress=progress, desc="trainings")))
     records = []
-    for (entry, seed), cfg in configs.items():
-        folder = out / entry.folder / f"seed-{seed}"
-        if entry.kind is None:
-            records.append(train(cfg, folder, resume=True, progress=progress))
-        else:
-            records.append(_ensemble_record(base, entry, seed, folder, progress))
+    for entry in entries:
+        for seed in seeds:
+            folder = str(out / entry.folder / f"seed-{seed}")
+            records.append(_temperature_record(Path(folder), base.ece_bins) if entry.temperature else done[folder])
     summary = summarise(records)
     table = format_table(summary)
     print(table)
@@ -171,6 +221,6 @@ def compare(
         preds = [_test_predictions(out / entry.folder / f"seed-{s}", entry) for s in seeds]
         probs, labels = torch.cat([p for p, _ in preds]), torch.cat([y for _, y in preds])
         curves[entry.name] = (probs, labels)
-        plot_reliability(probs, labels, out / f"reliability-{entry.folder}.png", n_bins=base.ece_bins, title=entry.name)
+        plot_reliability(probs, labels, out / f"reliability-{entry.label}.png", n_bins=base.ece_bins, title=entry.name)
     plot_reliability_overlay(curves, out / "reliability-overlay.png", n_bins=base.ece_bins, title=f"{base.data}")
     return {"runs": records, "summary": summary}

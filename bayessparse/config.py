@@ -29,6 +29,7 @@ class TrainConfig:
     label_noise: float = 0.0  # fraction of training labels replaced by a uniform class
     # model and method
     model: str = "cnn1d"
+    width: float = 1.0  # channel / hidden-unit multiplier of the architecture (1: the standard model)
     method: str = "dense"
     sparsity: float = 0.9  # target fraction of zero prunable weights (ignored by dense)
     layer_density: str = "erk"  # "erk" or "uniform"
@@ -37,7 +38,7 @@ class TrainConfig:
     update_alpha: float = 0.3  # α, initial fraction of active weights moved per update
     update_end: float = 0.75  # T_end / T, mask updates stop after this fraction of steps
     explore_c: float = 1.0  # DST-EE exploration weight c
-    drop_rate: float = 0.1  # CigL: probability that an active weight is dropped by Z
+    drop_rate: float = 0.01  # CigL: probability that an active weight is dropped by Z (docs/results.md)
     averaging_start: float = 0.8  # CigL: T* / T, weight averaging starts after this fraction
     # optimisation
     epochs: int = 10
@@ -111,6 +112,7 @@ def _check(cfg: TrainConfig) -> None:
             raise ConfigError(f"{name} must be {what}, got {getattr(cfg, name)!r}")
 
     need(0.0 <= cfg.sparsity < 1.0, "sparsity", "in [0, 1)")
+    need(0.0 < cfg.width < float("inf"), "width", "a finite number > 0")
     need(0.0 <= cfg.label_noise < 1.0, "label_noise", "in [0, 1)")
     need(0.0 <= cfg.drop_rate < 1.0, "drop_rate", "in [0, 1)")
     need(0.0 < cfg.averaging_start <= 1.0, "averaging_start", "in (0, 1]")

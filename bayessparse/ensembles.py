@@ -116,7 +116,8 @@ DENSE_REFERENCE = "dense-reference"
 JUMP_FRACTION = 0.8
 
 #: how tables spell the methods
-DISPLAY_NAMES = {"dense": "dense", "static": "static", "set": "SET", "rigl": "RigL", "dst-ee": "DST-EE", "cigl": "CigL"}
+DISPLAY_NAMES = {"dense": "dense", "static": "static", "set": "SET", "rigl": "RigL", "dst-ee": "DST-EE", "cigl": "CigL",
+                 "rigl-wdp": "RigL+W-DP", "cigl-pa": "CigL-PA"}
 
 __all__ = [
     "KINDS",
@@ -202,6 +203,8 @@ class EDSTPlan:
             raise ConfigError(f"refine_lr must be > 0, got {self.refine_lr!r}")
         if not (0.0 < self.jump_fraction <= 1.0):
             raise ConfigError(f"jump_fraction must be in (0, 1], got {self.jump_fraction!r}")
+        if cfg.method == "cigl-pa":  # its snapshots would span the phases; a member is one phase's weight average
+            raise ConfigError("method 'cigl-pa' cannot form EDST members (use cigl, or a dst ensemble)")
         if cfg.warmup_epochs >= self.explore_epochs:
             raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) must be shorter than explore_epochs ({self.explore_epochs})")
 

@@ -6,6 +6,7 @@ target; ``os.replace`` is atomic on POSIX and Windows.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -45,13 +46,30 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def save_figure(fig: Any, path: str | Path, dpi: int = 150) -> None:
-    """Render a matplotlib ``Figure`` (Agg, no pyplot state) to a PNG, creating the folder if needed."""
+    """Render a matplotlib ``Figure`` (Agg, no pyplot state) to ``path``, creating the folder if needed.
+
+    The format follows the suffix: ``.svg`` (text; what the committed docs use, with fixed metadata so
+    that the same figure gives the same file) or PNG for anything else."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    if path.suffix == ".svg":
+        options = {"format": "svg", "metadata": {"Date": None}}
+        with _fixed_svg_ids():
+            write_atomic(path, lambda tmp: fig.savefig(tmp, **options))
+    else:
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+
+
+@contextlib.contextmanager
+def _fixed_svg_ids():
+    """matplotlib names SVG elements from a random salt unless ``svg.hashsalt`` is set."""
+    import matplotlib
+
+    with matplotlib.rc_context({"svg.hashsalt": "bayessparse"}):
+        yield
 
 
 def save_torch(path: str | Path, obj: Any) -> None:

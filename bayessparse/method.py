@@ -20,6 +20,7 @@ runs.
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any, Iterator
 
 import torch
@@ -63,6 +64,19 @@ class TrainingMethod:
         that build a new set of weights (CigL's weight average) call it on that model.
         """
         return model
+
+    def current_model(self, model: nn.Module, recalibrate: Any) -> nn.Module:
+        """The model the run would output if training stopped now (measured after every epoch).
+
+        The default is the training network itself. Methods whose :meth:`final_model` is built
+        from the weights (CigL: ``p·W`` or the running average, with re-estimated BatchNorm) build
+        the same thing here, so the per-epoch validation history measures what the run outputs.
+        """
+        return model
+
+    def evaluated_structure(self, model: nn.Module) -> nn.Module:
+        """An (untrained) copy of the evaluated model's structure, to load a saved ``final_model`` into."""
+        return copy.deepcopy(model)
 
     def state_dict(self) -> dict[str, Any]:
         return {}

@@ -17,6 +17,7 @@ from bayessparse.errors import ConfigError
 from bayessparse.method import TrainingMethod
 from bayessparse.sparsity.cigl import CigL
 from bayessparse.sparsity.growth import GradientGrow, RandomGrow, UCBGrow
+from bayessparse.sparsity.prediction_average import CigLPredictionAverage
 from bayessparse.sparsity.training import SparseTraining
 
 MethodFactory = Callable[[TrainConfig, nn.Module, torch.Generator], TrainingMethod]
@@ -38,6 +39,11 @@ METHODS: dict[str, MethodFactory] = {
     "rigl": lambda cfg, model, g: SparseTraining(**_sparse(cfg, g), grow=GradientGrow()),
     "dst-ee": lambda cfg, model, g: SparseTraining(**_sparse(cfg, g), grow=UCBGrow(c=cfg.explore_c)),
     "cigl": lambda cfg, model, g: CigL(**_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=cfg.averaging_start),
+    # CigL's baselines and ablation (Lei et al. 2023, §5). RigL + weight dropout: CigL's per-step Z, no
+    # averaging (the one "snapshot" is the last epoch: the deterministic p·W, BatchNorm re-estimated).
+    "rigl-wdp": lambda cfg, model, g: CigL(**_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=1.0),
+    "cigl-pa": lambda cfg, model, g: CigLPredictionAverage(
+        **_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=cfg.averaging_start),
 }
 
 

@@ -175,7 +175,7 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     device = resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg)  # before seeding: generators may touch global RNGs
     seed_everything(cfg.seed)
-    model = models.build(cfg.model, data.num_classes, data.input_shape).to(device)
+    model = models.build(cfg.model, data.num_classes, data.input_shape, width=cfg.width).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = num_batches(data.train, cfg.batch_size)
     engine = None
@@ -252,7 +252,8 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
         run.epoch += 1
         run.method.end_of_epoch(run.epoch, run.step)
         run.train_seconds += time.perf_counter() - start
-        val = summary(*predict_probs(run.model, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
+        current = run.method.current_model(run.model, lambda m: recalibrate_batchnorm(run, m))
+        val = summary(*predict_probs(current, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
         run.history.append({"epoch": run.epoch, "train_loss": loss, "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
         epochs.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val['accuracy']:.3f}")
         if checkpoint is not None:
@@ -322,7 +323,7 @@ def _load_finished(run_dir: Path) -> tuple[Run, nn.Module]:
         raise ConfigError(f"the run in {run_dir} has not finished (resume it with: bayessparse train --out {run_dir} --resume)")
     run = build_run(cfg)
     run.load_state_dict(state)
-    final = copy.deepcopy(run.model)
+    final = run.method.evaluated_structure(run.model)
     final.load_state_dict(state["final_model"])
     final.eval()
     return run, final

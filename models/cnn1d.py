@@ -20,11 +20,15 @@ import torch
 from torch import nn
 
 from models.init import kaiming_init_
+from models.width import scale_width
 
-__all__ = ["CNN1D", "cnn1d", "MIN_LENGTH"]
+__all__ = ["CNN1D", "cnn1d", "MIN_LENGTH", "DEFAULT_CHANNELS"]
 
 #: The two stride-2 convolutions downsample by 4; shorter signals are rejected by ``models.build``.
 MIN_LENGTH = 4
+
+#: Output channels of the three convolutions at ``width=1``.
+DEFAULT_CHANNELS = (32, 64, 64)
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int, kernel_size: int) -> list[nn.Module]:
@@ -49,7 +53,7 @@ class CNN1D(nn.Module):
         self,
         num_classes: int,
         in_channels: int = 1,
-        channels: tuple[int, int, int] = (32, 64, 64),
+        channels: tuple[int, int, int] = DEFAULT_CHANNELS,
         kernel_size: int = 5,
     ) -> None:
         super().__init__()
@@ -78,6 +82,12 @@ class CNN1D(nn.Module):
         return self.classifier(h)
 
 
-def cnn1d(num_classes: int, in_channels: int = 1) -> CNN1D:
-    """The default :class:`CNN1D` (channels 32/64/64, kernel 5; ~32k parameters for 10 classes)."""
-    return CNN1D(num_classes, in_channels)
+def cnn1d(num_classes: int, in_channels: int = 1, width: float = 1.0) -> CNN1D:
+    """The default :class:`CNN1D` (channels 32/64/64, kernel 5; 32,490 parameters for 10 classes).
+
+    ``width`` multiplies the three convolutions' channels: ``c -> max(1, round(c * width))``
+    (64/128/128 at ``width=2``, 16/32/32 at ``0.5``); the head's input, ``2 * c3``, follows.
+    ``width=1.0`` builds exactly the default network.
+    """
+    channels = tuple(scale_width(c, width) for c in DEFAULT_CHANNELS)
+    return CNN1D(num_classes, in_channels, channels)

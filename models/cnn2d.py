@@ -17,11 +17,15 @@ import torch
 from torch import nn
 
 from models.init import kaiming_init_
+from models.width import scale_width
 
-__all__ = ["CNN2D", "cnn2d", "MIN_SIZE"]
+__all__ = ["CNN2D", "cnn2d", "MIN_SIZE", "DEFAULT_CHANNELS"]
 
 #: One 2x2 max-pool; smaller images are rejected by ``models.build``.
 MIN_SIZE = 2
+
+#: Output channels of the three 3x3 convolutions at ``width=1``.
+DEFAULT_CHANNELS = (32, 64, 128)
 
 
 def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
@@ -37,7 +41,9 @@ class CNN2D(nn.Module):
         channels: output channels of the three 3x3 convolutions.
     """
 
-    def __init__(self, num_classes: int, in_channels: int = 1, channels: tuple[int, int, int] = (32, 64, 128)) -> None:
+    def __init__(
+        self, num_classes: int, in_channels: int = 1, channels: tuple[int, int, int] = DEFAULT_CHANNELS
+    ) -> None:
         super().__init__()
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
@@ -61,6 +67,12 @@ class CNN2D(nn.Module):
         return self.classifier(self.features(x))
 
 
-def cnn2d(num_classes: int, in_channels: int = 1) -> CNN2D:
-    """The default :class:`CNN2D` (channels 32/64/128; ~93k parameters for 10 classes)."""
-    return CNN2D(num_classes, in_channels)
+def cnn2d(num_classes: int, in_channels: int = 1, width: float = 1.0) -> CNN2D:
+    """The default :class:`CNN2D` (channels 32/64/128; ~94k parameters for 10 classes).
+
+    ``width`` multiplies the three convolutions' channels: ``c -> max(1, round(c * width))``
+    (64/128/256 at ``width=2``, 16/32/64 at ``0.5``); the head's input follows. ``width=1.0``
+    builds exactly the default network.
+    """
+    channels = tuple(scale_width(c, width) for c in DEFAULT_CHANNELS)
+    return CNN2D(num_classes, in_channels, channels)

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from models.width import check_width, scale_width
+
 __all__ = ["MLP", "mlp"]
 
 
@@ -61,6 +63,18 @@ class MLP(nn.Module):
         return self.classifier(self.features(x))
 
 
-def mlp(num_classes: int, input_shape: Sequence[int], hidden: Sequence[int] = (256, 256)) -> MLP:
-    """An :class:`MLP` for examples of shape ``input_shape`` (any rank; it is flattened)."""
-    return MLP(math.prod(int(s) for s in input_shape), num_classes, hidden)
+def mlp(
+    num_classes: int,
+    input_shape: Sequence[int],
+    hidden: Sequence[int] = (256, 256),
+    width: float = 1.0,
+) -> MLP:
+    """An :class:`MLP` for examples of shape ``input_shape`` (any rank; it is flattened).
+
+    ``width`` multiplies every hidden width: ``hidden[i] -> max(1, round(hidden[i] * width))``
+    (the defaults become ``(512, 512)`` at ``width=2``, ``(128, 128)`` at ``0.5``). The input and
+    output sizes are unchanged; ``width=1.0`` builds exactly the unscaled MLP.
+    """
+    width = check_width(width)  # checked even when there are no hidden layers to scale
+    widths = tuple(scale_width(h, width) for h in hidden)
+    return MLP(math.prod(int(s) for s in input_shape), num_classes, widths)

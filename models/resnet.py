@@ -9,6 +9,10 @@ and keeps the four stages (64, 128, 256, 512 base widths, strides 1, 2, 2, 2) of
 shortcuts are 1x1 convolutions + BN where the shape changes (option B). With 10 classes this gives
 11,173,962 (ResNet-18) and 23,520,842 (ResNet-50) parameters.
 
+A real multiplier ``width`` (default 1.0) scales every channel count: the stem's 64 and the stage
+base widths 64/128/256/512 each become ``max(1, round(c * width))``; a bottleneck's output is
+still 4x its (scaled) base width. ``width=1.0`` is the standard network.
+
 Pruning conventions: every prunable weight is the ``.weight`` of an :class:`torch.nn.Conv2d` or
 :class:`torch.nn.Linear`; convolutions have no bias (BatchNorm follows); the head's bias and BN
 parameters are never pruned; the residual addition is out of place.
@@ -22,6 +26,7 @@ import torch
 from torch import nn
 
 from models.init import kaiming_init_
+from models.width import scale_width
 
 __all__ = ["BasicBlock", "Bottleneck", "ResNet", "resnet18", "resnet50", "MIN_SIZE"]
 
@@ -87,6 +92,8 @@ class ResNet(nn.Module):
         num_blocks: blocks per stage (four entries).
         num_classes: number of output logits.
         in_channels: image channels (``input_shape[0]``).
+        width: real multiplier of every channel count (stem and stage base widths; see the
+            module docstring); 1.0, the default, is the standard network.
     """
 
     def __init__(
@@ -95,20 +102,23 @@ class ResNet(nn.Module):
         num_blocks: Sequence[int],
         num_classes: int,
         in_channels: int = 3,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if num_classes < 1 or in_channels < 1:
             raise ValueError(f"num_classes and in_channels must be >= 1, got {num_classes}, {in_channels}")
         if len(num_blocks) != 4 or any(n < 1 for n in num_blocks):
             raise ValueError(f"num_blocks must be four positive counts, got {tuple(num_blocks)}")
+        stem, *bases = (scale_width(c, width) for c in (64, 64, 128, 256, 512))
         self.in_channels = in_channels
         self.num_classes = num_classes
-        self.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
+        self.width = float(width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
         self.relu = nn.ReLU()
-        c_in = 64
+        c_in = stem
         stages = []
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+        for i, (planes, n) in enumerate(zip(bases, num_blocks)):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
@@ -126,11 +136,18 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-def resnet18(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """CIFAR ResNet-18 (BasicBlock, ``[2, 2, 2, 2]``): 11,173,962 parameters for 10 classes."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels)
+def resnet18(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    """CIFAR ResNet-18 (BasicBlock, ``[2, 2, 2, 2]``): 11,173,962 parameters for 10 classes at ``width=1``.
+
+    ``width`` scales the stem and the stage widths 64/128/256/512 (``max(1, round(c * width))``).
+    """
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width)
 
 
-def resnet50(num_classes: int = 10, in_channels: int = 3) -> ResNet:
-    """CIFAR ResNet-50 (Bottleneck, ``[3, 4, 6, 3]``): 23,520,842 parameters for 10 classes."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels)
+def resnet50(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> ResNet:
+    """CIFAR ResNet-50 (Bottleneck, ``[3, 4, 6, 3]``): 23,520,842 parameters for 10 classes at ``width=1``.
+
+    ``width`` scales the stem and the stage base widths 64/128/256/512 (``max(1, round(c * width))``);
+    each bottleneck still expands its scaled base width by 4.
+    """
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, width)

@@ -8,6 +8,11 @@ changes width or stride the shortcut is a 1x1 convolution applied to the pre-act
 (as in the authors' code). With 10 classes, WRN-28-10 has 36,479,194 parameters and WRN-22-2
 1,079,642 (``wrn28_10``, ``wrn22_2``).
 
+An extra real multiplier ``width`` (default 1.0) scales every channel count on top of the integer
+widen factor ``k``: the stem becomes ``round(16 * width)`` and the groups ``round(16 * k * width)``,
+``round(32 * k * width)``, ``round(64 * k * width)`` (each at least 1). The stem scales too, so
+that ``width`` means "every channel count times ``width``" as for the other models here.
+
 Pruning conventions: every prunable weight is the ``.weight`` of an :class:`torch.nn.Conv2d` or
 :class:`torch.nn.Linear`; convolutions have no bias; the head's bias and BN parameters are never
 pruned; ReLUs and the residual addition are out of place.
@@ -19,6 +24,7 @@ import torch
 from torch import nn
 
 from models.init import kaiming_init_
+from models.width import scale_width
 
 __all__ = ["WideBasicBlock", "WideResNet", "wrn22_2", "wrn28_10", "MIN_SIZE"]
 
@@ -54,10 +60,12 @@ class WideResNet(nn.Module):
 
     Args:
         depth: total depth ``d``; must satisfy ``d = 6n + 4`` with ``n >= 1``.
-        widen_factor: width multiplier ``k``.
+        widen_factor: the integer widen factor ``k`` of the name WRN-d-k.
         num_classes: number of output logits.
         in_channels: image channels (``input_shape[0]``).
         dropout: dropout probability inside each block (0 disables it, the default).
+        width: real multiplier of every channel count, the stem's included (see the module
+            docstring); 1.0, the default, is the plain WRN-``depth``-``widen_factor``.
     """
 
     def __init__(
@@ -67,6 +75,7 @@ class WideResNet(nn.Module):
         num_classes: int,
         in_channels: int = 3,
         dropout: float = 0.0,
+        width: float = 1.0,
     ) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
@@ -78,8 +87,8 @@ class WideResNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         n = (depth - 4) // 6
-        widths = (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor)
-        self.depth, self.widen_factor = depth, widen_factor
+        widths = tuple(scale_width(c, width) for c in (16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor))
+        self.depth, self.widen_factor, self.width = depth, widen_factor, float(width)
         self.in_channels = in_channels
         self.num_classes = num_classes
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
@@ -105,11 +114,19 @@ class WideResNet(nn.Module):
         return self.fc(torch.flatten(self.pool(out), 1))
 
 
-def wrn22_2(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
-    """WRN-22-2: 1,079,642 parameters for 10 classes."""
-    return WideResNet(22, 2, num_classes, in_channels, dropout)
+def wrn22_2(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, width: float = 1.0) -> WideResNet:
+    """WRN-22-2: 1,079,642 parameters for 10 classes at ``width=1``.
+
+    ``width`` scales every channel count: stem ``round(16 * width)``, groups
+    ``round(32 * width)``, ``round(64 * width)``, ``round(128 * width)`` (at least 1 each).
+    """
+    return WideResNet(22, 2, num_classes, in_channels, dropout, width)
 
 
-def wrn28_10(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0) -> WideResNet:
-    """WRN-28-10: 36,479,194 parameters for 10 classes."""
-    return WideResNet(28, 10, num_classes, in_channels, dropout)
+def wrn28_10(num_classes: int = 10, in_channels: int = 3, dropout: float = 0.0, width: float = 1.0) -> WideResNet:
+    """WRN-28-10: 36,479,194 parameters for 10 classes at ``width=1``.
+
+    ``width`` scales every channel count: stem ``round(16 * width)``, groups
+    ``round(160 * width)``, ``round(320 * width)``, ``round(640 * width)`` (at least 1 each).
+    """
+    return WideResNet(28, 10, num_classes, in_channels, dropout, width)

@@ -4,6 +4,7 @@ structural conventions the sparse-training engine relies on."""
 from __future__ import annotations
 
 import functools
+import math
 import time
 
 import pytest
@@ -64,10 +65,14 @@ NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @functools.lru_cache(maxsize=None)
-def _cached(name: str, num_classes: int, shape: tuple[int, ...]) -> nn.Module:
-    """Build once per session (WRN-28-10 / ResNet-50 initialisation takes a second or two)."""
+def _cached(name: str, num_classes: int, shape: tuple[int, ...], width: float | None = None) -> nn.Module:
+    """Build once per session (WRN-28-10 / ResNet-50 initialisation takes a second or two).
+
+    ``width=None`` calls ``models.build`` without the argument (the default model)."""
     torch.manual_seed(0)
-    return models.build(name, num_classes, shape)
+    if width is None:
+        return models.build(name, num_classes, shape)
+    return models.build(name, num_classes, shape, width=width)
 
 
 def _n_params(model: nn.Module) -> int:
@@ -322,3 +327,174 @@ def test_cnn1d_reaches_85_percent_on_mnist1d_in_10_epochs():
     with torch.no_grad():
         acc = (model(xt).argmax(1) == yt).float().mean().item()
     assert acc >= 0.85, f"test accuracy {acc:.3f} after 10 epochs ({elapsed:.1f}s)"
+
+
+# --------------------------------------------------------------------------- width multiplier
+
+# Exact parameter counts of the default models with 10 classes, for the shape each is built with.
+WIDTH_ONE_PARAMS = {
+    ("mlp", (40,)): 78_858,
+    ("cnn1d", (40,)): 32_490,
+    ("cnn2d", (3, 32, 32)): 94_762,
+    ("resnet18", (3, 32, 32)): 11_173_962,
+    ("resnet50", (3, 32, 32)): 23_520_842,
+    ("vgg16", (3, 32, 32)): 14_724_042,
+    ("vgg19", (3, 32, 32)): 20_035_018,
+    ("wrn-22-2", (3, 32, 32)): 1_079_642,
+    ("wrn-28-10", (3, 32, 32)): 36_479_194,
+}
+
+
+def _linear_out(model: nn.Module) -> list[int]:
+    return [m.out_features for m in model.modules() if isinstance(m, nn.Linear)]
+
+
+def _conv_out(model: nn.Module, skip_shortcuts: bool = True) -> list[int]:
+    return [
+        m.out_channels
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and not (skip_shortcuts and "shortcut" in name)
+    ]
+
+
+def _scaled(channels, width):
+    return [max(1, round(c * width)) for c in channels]
+
+
+def test_build_signature_has_keyword_only_width_defaulting_to_one():
+    import inspect
+
+    param = inspect.signature(models.build).parameters["width"]
+    assert param.kind is inspect.Parameter.KEYWORD_ONLY and param.default == 1.0
+    for factory in models.MODELS.values():
+        assert inspect.signature(factory).parameters["width"].default == 1.0
+
+
+@pytest.mark.parametrize("name,shape", list(WIDTH_ONE_PARAMS), ids=[n for n, _ in WIDTH_ONE_PARAMS])
+def test_width_one_keeps_parameter_counts(name, shape):
+    expected = WIDTH_ONE_PARAMS[(name, shape)]
+    assert _n_params(_cached(name, 10, shape)) == expected
+    assert _n_params(_cached(name, 10, shape, 1.0)) == expected
+
+
+@pytest.mark.parametrize("name", list(models.MODELS))
+def test_width_one_builds_the_identical_model_and_initial_weights(name):
+    shape = _one_shape(name)
+    default = _cached(name, NUM_CLASSES, shape).state_dict()
+    for width in (1.0, 1):
+        torch.manual_seed(0)
+        scaled = models.build(name, NUM_CLASSES, shape, width=width).state_dict()
+        assert scaled.keys() == default.keys()
+        assert all(scaled[k].shape == default[k].shape and torch.equal(scaled[k], default[k]) for k in default)
+
+
+@pytest.mark.parametrize("width", [2.0, 0.5])
+def test_mlp_width_scales_hidden_units(width):
+    m = _cached("mlp", NUM_CLASSES, (40,), width)
+    h = int(256 * width)
+    assert [(l.in_features, l.out_features) for l in m.modules() if isinstance(l, nn.Linear)] == [
+        (40, h), (h, h), (h, NUM_CLASSES),
+    ]
+
+
+@pytest.mark.parametrize("width,expected", [(2.0, [64, 128, 128]), (0.5, [16, 32, 32]), (1.1, [35, 70, 70])])
+def test_cnn1d_width_scales_channels(width, expected):
+    m = _cached("cnn1d", NUM_CLASSES, (40,), width)
+    assert _conv_out(m) == expected
+    assert [b.num_features for b in m.modules() if isinstance(b, nn.BatchNorm1d)] == expected
+    assert m.features[0].in_channels == 1  # the input channels never scale
+    assert m.classifier.in_features == 2 * expected[-1] and m.classifier.out_features == NUM_CLASSES
+
+
+@pytest.mark.parametrize("width,expected", [(2.0, [64, 128, 256]), (0.5, [16, 32, 64])])
+def test_cnn2d_width_scales_channels(width, expected):
+    m = _cached("cnn2d", NUM_CLASSES, (1, 8, 8), width)
+    assert _conv_out(m) == expected
+    assert m.features[0].in_channels == 1
+    assert m.classifier.in_features == expected[-1]
+
+
+@pytest.mark.parametrize("width", [2.0, 0.5])
+def test_wrn_width_scales_stem_and_groups(width):
+    m = _cached("wrn-22-2", NUM_CLASSES, (3, 8, 8), width)
+    assert m.conv1.out_channels == round(16 * width)  # the stem scales too
+    for group, c in zip((m.block1, m.block2, m.block3), _scaled((32, 64, 128), width)):
+        assert all(b.conv1.out_channels == b.conv2.out_channels == c for b in group)
+        assert group[0].shortcut is not None and group[0].shortcut.out_channels == c
+    assert m.fc.in_features == round(128 * width)
+    # Three blocks per group at any width: width changes channels, never depth.
+    assert len(_conv_out(m)) == len(_conv_out(_cached("wrn-22-2", NUM_CLASSES, (3, 8, 8))))
+
+
+def test_wrn_width_multiplies_on_top_of_the_widen_factor():
+    m = models.build("wrn-28-10", 10, (3, 32, 32), width=0.1)  # groups 16/32/64: a WRN-28-1 with a 2-channel stem
+    assert m.conv1.out_channels == 2
+    assert [g[-1].conv2.out_channels for g in (m.block1, m.block2, m.block3)] == [16, 32, 64]
+    assert m.widen_factor == 10 and m.width == 0.1
+
+
+@pytest.mark.parametrize("name", ["resnet18", "vgg16"])
+@pytest.mark.parametrize("width", [2.0, 0.5])
+def test_resnet_and_vgg_width_scales_every_channel_count(name, width):
+    m = _cached(name, NUM_CLASSES, (3, 32, 32), width)
+    base = _conv_out(_cached(name, NUM_CLASSES, (3, 32, 32)), skip_shortcuts=False)
+    assert _conv_out(m, skip_shortcuts=False) == _scaled(base, width)
+    assert _linear_out(m) == [NUM_CLASSES]
+
+
+def test_resnet50_width_scales_base_widths_and_keeps_the_expansion():
+    m = models.build("resnet50", 10, (3, 32, 32), width=0.25)
+    assert m.conv1.out_channels == 16
+    assert [layer[-1].conv3.out_channels for layer in (m.layer1, m.layer2, m.layer3, m.layer4)] == [64, 128, 256, 512]
+    assert m.fc.in_features == 512
+
+
+@pytest.mark.parametrize("width", [0.5, 2.0])
+@pytest.mark.parametrize(
+    "name,shape", [("mlp", (40,)), ("cnn1d", (40,)), ("cnn1d", (2, 13)), ("cnn2d", (1, 8, 8)), ("wrn-22-2", (3, 8, 8))]
+)
+def test_forward_and_backward_work_at_other_widths(name, shape, width):
+    model = _cached(name, NUM_CLASSES, shape, width).train()
+    x = torch.randn(3, *shape)
+    out = model(x)
+    assert out.shape == (3, NUM_CLASSES) and torch.isfinite(out).all()
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+    model.zero_grad(set_to_none=True)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d", "wrn-22-2", "resnet18", "vgg16"])
+def test_tiny_width_rounds_every_count_up_to_one(name):
+    shape = _one_shape(name)
+    model = models.build(name, NUM_CLASSES, shape, width=1e-3)
+    assert set(_conv_out(model, skip_shortcuts=False) + _linear_out(model)[:-1]) == {1}
+    assert _linear_out(model)[-1] == NUM_CLASSES
+    with torch.no_grad():
+        assert model.eval()(torch.randn(2, *shape)).shape == (2, NUM_CLASSES)
+
+
+def test_numeric_widths_of_other_types_are_accepted():
+    np = pytest.importorskip("numpy")
+    assert _linear_out(models.build("mlp", 3, (40,), width=2)) == [512, 512, 3]
+    assert _linear_out(models.build("mlp", 3, (40,), width=np.float32(0.5))) == [128, 128, 3]
+
+
+@pytest.mark.parametrize("bad", [0, 0.0, -1, -0.5, math.nan, math.inf, -math.inf, True, "2", None])
+@pytest.mark.parametrize("name", ["mlp", "cnn1d", "cnn2d", "resnet50", "vgg19", "wrn-28-10"])
+def test_bad_width_raises_config_error_naming_the_field(name, bad):
+    shape = _one_shape(name)
+    with pytest.raises(ConfigError, match=r"^width must be > 0, got ") as info:
+        models.build(name, 10, shape, width=bad)
+    assert "\n" not in str(info.value) and repr(bad) in str(info.value)
+    with pytest.raises(ConfigError, match="width"):  # the registry factories check too
+        models.MODELS[name](10, shape, width=bad)
+
+
+def test_mlp_without_hidden_layers_still_checks_width():
+    from models.mlp import mlp
+
+    assert _linear_out(mlp(4, (6,), hidden=(), width=3.0)) == [4]
+    with pytest.raises(ValueError, match="width"):
+        mlp(4, (6,), hidden=(), width=-1.0)
+    with pytest.raises(ValueError, match="width"):
+        WideResNet(16, 1, 10, width=0.0)

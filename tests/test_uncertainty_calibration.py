@@ -33,23 +33,43 @@ def labels_for(probs: torch.Tensor, seed: int) -> torch.Tensor:
 # ----------------------------------------------------------------------------- brute-force references
 
 
-def brute_adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
-    """Python loops: sort by (confidence, correct), cut into n_bins groups like numpy.array_split."""
+def top_label_items(probs: torch.Tensor, labels: torch.Tensor) -> list[tuple[float, float]]:
+    """(confidence, correct) of every example, in input order, as Python floats."""
     items = []
     for row, y in zip(probs.double().tolist(), labels.tolist()):
         conf = max(row)
-        pred = row.index(conf)
-        items.append((conf, float(pred == y)))
-    items.sort()
+        items.append((conf, float(row.index(conf) == y)))
+    return items
+
+
+def ece_of_groups(groups: list[list[tuple[float, float]]], n: int) -> float:
+    return sum(len(g) / n * abs(sum(a for _, a in g) / len(g) - sum(c for c, _ in g) / len(g)) for g in groups if g)
+
+
+def brute_adaptive_groups(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> list[list[tuple[float, float]]]:
+    """Python loops: sort by confidence only, take numpy.array_split's cut points, then push every
+    cut that falls between two equal confidences forward until it no longer does."""
+    items = sorted(top_label_items(probs, labels), key=lambda t: t[0])
     n = len(items)
-    total = 0.0
-    for group in np.array_split(np.arange(n), n_bins):
-        if len(group) == 0:
-            continue
-        acc = sum(items[i][1] for i in group) / len(group)
-        conf = sum(items[i][0] for i in group) / len(group)
-        total += len(group) / n * abs(acc - conf)
-    return total
+    cuts = np.cumsum([len(g) for g in np.array_split(np.arange(n), n_bins)])[:-1].tolist()
+    moved = []
+    for k in cuts:
+        while 0 < k < n and items[k - 1][0] == items[k][0]:
+            k += 1
+        moved.append(k)
+    bounds = [0, *moved, n]
+    return [items[bounds[b]:bounds[b + 1]] for b in range(n_bins)]
+
+
+def brute_adaptive_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
+    return ece_of_groups(brute_adaptive_groups(probs, labels, n_bins), len(labels))
+
+
+def equal_mass_ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
+    """The plain equal-mass definition (ties split like any other items): numpy.array_split of the
+    sorted confidences. Only meaningful without ties, where it must agree with the tie-aware rule."""
+    items = sorted(top_label_items(probs, labels))
+    return ece_of_groups([[items[i] for i in g] for g in np.array_split(np.arange(len(items)), n_bins)], len(items))
 
 
 def bin_of(value: float, n_bins: int, edges: list[float]) -> int:
@@ -128,17 +148,103 @@ def test_adaptive_equals_ece_when_equal_width_bins_hold_equal_mass():
 
 
 def test_adaptive_ece_ties_do_not_depend_on_order():
-    """Equal confidences crossing a bin boundary: sorted incorrect-first, so any permutation gives the same value."""
+    """Equal confidences crossing a bin boundary: the whole tie run stays in one bin, in any order.
+
+    (Before the fix the five-and-five cut split the six 0.7s, which were ordered incorrect-first to
+    stay order independent; the hand value below is now the one for unsplit tie runs.)
+    """
     probs = torch.tensor([[0.7, 0.3]] * 6 + [[0.9, 0.1]] * 4, dtype=torch.float64)
     labels = torch.tensor([0, 1, 0, 1, 1, 0, 0, 0, 1, 0])
     ref = CAL.adaptive_calibration_error(probs, labels, 2)
-    # bin 1: 0.7 x 5 with the 3 incorrect first (acc 2/5); bin 2: one correct 0.7 + four 0.9 (3 of 4 correct)
-    hand = 0.5 * abs(2 / 5 - 0.7) + 0.5 * abs(4 / 5 - (0.7 + 4 * 0.9) / 5)
+    assert CAL.adaptive_calibration_bins(probs, labels, 2)["counts"].tolist() == [6, 4]
+    # bin 1: the six 0.7s, 3 of 6 correct; bin 2: the four 0.9s, 3 of 4 correct
+    hand = 0.6 * abs(3 / 6 - 0.7) + 0.4 * abs(3 / 4 - 0.9)
     assert ref == pytest.approx(hand, abs=1e-12)
     g = torch.Generator().manual_seed(1)
     for _ in range(5):
         perm = torch.randperm(10, generator=g)
         assert CAL.adaptive_calibration_error(probs[perm], labels[perm], 2) == pytest.approx(ref, abs=1e-15)
+
+
+@pytest.mark.parametrize("n_bins", [1, 2, 10, 15, 2000])
+@pytest.mark.parametrize("c,conf", [(2, 0.6), (3, 0.5), (10, 0.25)])
+def test_adaptive_ece_of_calibrated_constant_predictor_is_zero(c, conf, n_bins):
+    """Same confidence on every example, right on a fraction conf of them: perfectly calibrated.
+
+    Splitting the single tie run into equal-mass bins (incorrect items first) made pure bins and an
+    adaptive ECE between 0.25 and 0.5 for these inputs; the run must stay in one bin, giving 0.
+    """
+    n, n_right = 1000, round(1000 * conf)
+    row = [conf] + [(1 - conf) / (c - 1)] * (c - 1)  # class 0 is the prediction
+    probs = torch.tensor([row] * n, dtype=torch.float64)
+    labels = torch.ones(n, dtype=torch.long)
+    labels[torch.randperm(n, generator=torch.Generator().manual_seed(c))[:n_right]] = 0
+    assert CAL.adaptive_calibration_error(probs, labels, n_bins) == pytest.approx(0.0, abs=1e-12)
+    counts = CAL.adaptive_calibration_bins(probs, labels, n_bins)["counts"]
+    assert counts.tolist() == [n] + [0] * (n_bins - 1)
+    # the old value, for contrast, is far from 0 whenever the run is cut
+    if n_bins > 1:
+        assert equal_mass_ece(probs, labels, n_bins) > 0.2
+
+
+def test_adaptive_tie_run_spanning_several_bins_is_one_bin():
+    """A run of 50 equal confidences that would cover equal-mass bins 3 to 7 (of 10) becomes one bin."""
+    g = torch.Generator().manual_seed(0)
+    low = 0.5 + 0.25 * torch.rand(20, generator=g, dtype=torch.float64)  # distinct, < 0.8
+    high = 0.85 + 0.1 * torch.rand(30, generator=g, dtype=torch.float64)  # distinct, > 0.8
+    conf = torch.cat([low, torch.full((50,), 0.8, dtype=torch.float64), high])
+    probs = torch.stack([conf, 1 - conf], 1)
+    labels = (torch.rand(100, generator=g) > conf).long()
+    perm = torch.randperm(100, generator=g)
+    for p, y in ((probs, labels), (probs[perm], labels[perm])):
+        b = CAL.adaptive_calibration_bins(p, y, 10)
+        # equal-mass cuts at 10, 20, ..., 90; those at 30-60 fall inside the run (items 20-69) and
+        # move to its end (70); the cut at 20 sits just before the run and stays.
+        assert b["counts"].tolist() == [10, 10, 50, 0, 0, 0, 0, 10, 10, 10]
+        assert b["lower"][2] == 0.8 and b["upper"][2] == 0.8 and b["confidence"][2].item() == pytest.approx(0.8)
+        assert torch.isnan(b["accuracy"][3:7]).all() and torch.isnan(b["lower"][3:7]).all()
+        assert not torch.isnan(b["accuracy"][[0, 1, 2, 7, 8, 9]]).any()
+        assert CAL.adaptive_calibration_error(p, y, 10) == pytest.approx(brute_adaptive_ece(p, y, 10), abs=1e-12)
+    # a run at the top end swallows the last bins; a run at the bottom end pushes the first cut
+    top = torch.cat([low[:5], torch.full((10,), 0.9, dtype=torch.float64)])
+    b = CAL.adaptive_calibration_bins(torch.stack([top, 1 - top], 1), torch.zeros(15, dtype=torch.long), 5)
+    assert b["counts"].tolist() == [3, 12, 0, 0, 0]  # run = items 5-14, starts in bin 1
+    bottom = torch.cat([torch.full((10,), 0.55, dtype=torch.float64), high[:5]])
+    b = CAL.adaptive_calibration_bins(torch.stack([bottom, 1 - bottom], 1), torch.zeros(15, dtype=torch.long), 5)
+    assert b["counts"].tolist() == [10, 0, 0, 2, 3]  # cuts 3, 6, 9 -> 10; cut 12 stays
+
+
+@FAST
+@given(st.integers(1, 200), st.integers(2, 6), st.integers(0, 2**16), st.integers(1, 25))
+def test_adaptive_ece_without_ties_is_plain_equal_mass(n, c, seed, n_bins):
+    """Distinct confidences: the tie rule never fires, so bins are exactly numpy.array_split's."""
+    probs = dirichlet(n, c, seed, alpha=1.0, dtype=torch.float64)
+    labels = labels_for(probs, seed)
+    conf = probs.max(-1).values
+    assert conf.unique().numel() == n  # no ties (continuous draws)
+    assert CAL.adaptive_calibration_error(probs, labels, n_bins) == pytest.approx(
+        equal_mass_ece(probs, labels, n_bins), abs=1e-12)
+    counts = CAL.adaptive_calibration_bins(probs, labels, n_bins)["counts"].tolist()
+    assert counts == [len(g) for g in np.array_split(np.arange(n), n_bins)]
+
+
+@FAST
+@given(st.integers(1, 120), st.integers(1, 6), st.integers(0, 2**16), st.integers(1, 20))
+def test_adaptive_ece_is_permutation_invariant_with_many_ties(n, levels, seed, n_bins):
+    """Confidences from a few levels (many ties): the value is the tie-aware reference's, and
+    exactly the same for every order of the examples (bin contents depend only on the values)."""
+    rng = np.random.default_rng(seed)
+    values = rng.choice(np.linspace(0.5, 0.95, 10), size=levels, replace=False)
+    conf = torch.from_numpy(values[rng.integers(0, levels, n)])
+    probs = torch.stack([conf, 1 - conf], 1)
+    labels = torch.from_numpy(rng.integers(0, 2, n))
+    ref = CAL.adaptive_calibration_error(probs, labels, n_bins)
+    assert ref == pytest.approx(brute_adaptive_ece(probs, labels, n_bins), abs=1e-12)
+    counts = CAL.adaptive_calibration_bins(probs, labels, n_bins)["counts"]
+    for _ in range(3):
+        perm = torch.from_numpy(rng.permutation(n))
+        assert CAL.adaptive_calibration_error(probs[perm], labels[perm], n_bins) == ref
+        assert torch.equal(CAL.adaptive_calibration_bins(probs[perm], labels[perm], n_bins)["counts"], counts)
 
 
 # ----------------------------------------------------------------------------- classwise ECE

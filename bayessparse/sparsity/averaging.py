@@ -61,7 +61,7 @@ class MaskedWeightAverage:
             with torch.no_grad():
                 torch._foreach_mul_(list(prunable_weights(model).values()), self.random_mask.keep)
         recalibrate(model)
-        return model
+        return model.eval()
 
     def state_dict(self) -> dict[str, Any]:
         return self.average.state_dict()

@@ -1,0 +1,70 @@
+"""Independent, resumable jobs run side by side in worker processes (compare and study use it).
+
+A job is a picklable value and ``fn(job)`` a module-level function that does it, writing only
+into the job's own folder (one writer per folder) and returning a small picklable result. Jobs
+are independent and seeded by their own configuration, so the results do not depend on the
+number of workers or on the order in which jobs finish.
+
+With ``workers == 1`` the jobs run one after another in this process. Otherwise each worker is a
+fresh ``spawn``-ed interpreter limited to one intra-op thread: the networks here are small, and
+PyTorch threads that outnumber the cores spin instead of working.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from typing import Any, Callable, Sequence, TypeVar
+
+from tqdm.auto import tqdm
+
+J = TypeVar("J")
+R = TypeVar("R")
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def _init_worker() -> None:
+    import torch
+
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    torch.set_num_threads(1)
+
+
+def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, *, progress: bool = True,
+             desc: str = "jobs") -> list[R]:
+    """``[fn(job) for job in jobs]``, computed by ``workers`` processes; the first failure is re-raised.
+
+    On a failure the jobs not yet started are cancelled; the finished ones have written their
+    folders, so re-running the same jobs continues where they stopped.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    bar = tqdm(total=len(jobs), desc=desc, disable=not progress)
+    if workers == 1 or len(jobs) <= 1:
+        results = []
+        for job in jobs:
+            results.append(fn(job))
+            bar.update(1)
+        bar.close()
+        return results
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
+                             initializer=_init_worker) as pool:
+        futures = [pool.submit(fn, job) for job in jobs]
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            bar.update(len(done))
+            failed = next((f for f in done if f.exception() is not None), None)
+            if failed is not None:
+                for f in pending:
+                    f.cancel()
+                bar.close()
+                raise failed.exception()  # type: ignore[misc]
+    bar.close()
+    return [f.result() for f in futures]

@@ -1,0 +1,94 @@
+"""From a study specification to its cells: which trainings each section needs and what to score.
+
+Each ``*_cells`` function returns the section's cells; :func:`plan` merges them (a training two
+sections share is one cell). The same functions name the folders the report reads back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from bayessparse.study.cells import Cell, folder_for, merge
+from bayessparse.study.rows import ROWS
+from bayessparse.study.spec import StudySpec
+
+
+def row_config(spec: StudySpec, setup: str, row: str, sparsity: float, seed: int, **changes):
+    """The config of ``row``'s runs in ``setup`` at ``sparsity`` (dense ignores the sparsity)."""
+    r = ROWS[row]
+    fields = {**r.changes, **changes, "method": r.method, "seed": seed}
+    if r.method != "dense":
+        fields["sparsity"] = sparsity
+    return spec.config(setup, **fields)
+
+
+def row_cell(spec: StudySpec, root: Path, setup: str, row: str, sparsity: float, seed: int, *,
+             corruptions: bool = False, ood: bool = False, **changes) -> Cell:
+    cfg = row_config(spec, setup, row, sparsity, seed, **changes)
+    return Cell(cfg.to_dict(), folder_for(root, cfg), predictions=(ROWS[row].predict,), corruptions=corruptions,
+                ood=ood, mc_samples=spec.mc_samples)
+
+
+def calibration_cells(spec: StudySpec, root: Path) -> list[Cell]:
+    c = spec.calibration
+    if c is None:
+        return []
+    return [row_cell(spec, root, setup, row, s, seed, corruptions=setup in c.corruptions)
+            for setup in c.setups for row in c.rows for s in c.sparsities for seed in spec.seeds]
+
+
+def drop_rate_cells(spec: StudySpec, root: Path) -> list[Cell]:
+    d = spec.drop_rate
+    if d is None:
+        return []
+    cells = []
+    for setup in d.setups:
+        for s in d.sparsities:
+            for seed in spec.seeds:
+                cells.append(row_cell(spec, root, setup, "rigl", s, seed))
+                cells += [row_cell(spec, root, setup, "cigl", s, seed, drop_rate=r) for r in d.rates]
+    return cells
+
+
+def freetickets_cells(spec: StudySpec, root: Path) -> dict[str, list[Cell]]:
+    """Row name -> one cell per seed: a dense model, a dense ensemble, DST and EDST ensembles."""
+    f = spec.freetickets
+    if f is None:
+        return {}
+    rows: dict[str, list[Cell]] = {}
+    for seed in spec.seeds:
+        single = row_cell(spec, root, f.setup, "dense", f.sparsity, seed, corruptions=True, ood=True)
+        rows.setdefault("dense", []).append(single)
+        for name, kind, method, first in (
+            (f"dense x{f.members}", "dst", "dense", seed * f.members),
+            (f"DST({ROWS[f.method].label}) x{f.members}", "dst", f.method, seed * f.members),
+            (f"EDST({ROWS[f.method].label}) x{f.members}", "edst", f.method, seed),
+        ):
+            cfg = spec.config(f.setup, method=method, sparsity=f.sparsity, seed=first)
+            folder = folder_for(root, cfg, kind, {"members": f.members})
+            rows.setdefault(name, []).append(Cell(cfg.to_dict(), folder, kind, corruptions=True, ood=True,
+                                                  members=f.members))
+    return rows
+
+
+def imp_cells(spec: StudySpec, root: Path) -> dict[tuple[str, float], list[Cell]]:
+    """(study name, width) -> one IMP sweep per seed."""
+    out: dict[tuple[str, float], list[Cell]] = {}
+    for study in spec.imp:
+        for width in study.widths:
+            for seed in spec.seeds:
+                from bayessparse.config import resolve
+
+                cfg = resolve(spec.base, study.config, {"width": width, "seed": seed, "method": "dense"})
+                settings = {"rounds": study.rounds, "prune_fraction": study.prune_fraction}
+                cell = Cell(cfg.to_dict(), folder_for(root, cfg, "imp", settings), "imp", imp=settings)
+                out.setdefault((study.name, width), []).append(cell)
+    return out
+
+
+def plan(spec: StudySpec, root: Path) -> list[Cell]:
+    """Every cell of the study, merged; the cheapest kinds first so that early tables fill in soon."""
+    cells = calibration_cells(spec, root) + drop_rate_cells(spec, root)
+    cells += [c for cs in freetickets_cells(spec, root).values() for c in cs]
+    cells += [c for cs in imp_cells(spec, root).values() for c in cs]
+    return merge(cells)
