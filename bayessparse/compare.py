@@ -45,8 +45,9 @@ from bayessparse.uncertainty.reliability import plot_reliability, plot_reliabili
 
 DEFAULT_METHODS = ("dense", "rigl", "rigl+ts", "cigl")
 TEMPERATURE_SUFFIX = "+ts"
-#: compare's own defaults, under a YAML file and the flags. The main job runs long enough for sparse
-#: training to become over-confident (docs/results.md, "The main job"); ``train`` keeps the short default.
+#: compare's own defaults, under a YAML file and the flags: the main job trains long enough for sparse
+#: training to turn over-confident (at 10 epochs every method is still under-confident; README and
+#: docs/results.md), and stays within a few minutes on 2 cores; ``train`` keeps the short default.
 COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 40}
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier", "density", "train_seconds")
 
@@ -71,12 +72,12 @@ class Entry:
         """The row name: the method, ``rigl+ts``, or e.g. ``EDST(RigL) x3``."""
         if self.kind is not None:
             return ensemble_name(self.kind, self.method, self.members)
-        return self.method + ("+ts" if self.temperature else "")
+        return self.method + (TEMPERATURE_SUFFIX if self.temperature else "")
 
     @property
     def label(self) -> str:
         """The row's name in file names."""
-        return self.folder + ("+ts" if self.temperature else "")
+        return self.folder + (TEMPERATURE_SUFFIX if self.temperature else "")
 
     @property
     def folder(self) -> str:
@@ -181,13 +182,13 @@ def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
     return {**record, **test, "method": record["method"] + TEMPERATURE_SUFFIX, "temperature": temperature}
 
 
-def _job(job: tuple[str, dict[str, Any], str, Entry]) -> dict[str, Any]:
+def _job(job: tuple[str, dict[str, Any], str, Entry, bool]) -> dict[str, Any]:
     """One training of the table (a run or an ensemble), resumed if its folder holds one; worker-safe."""
-    what, cfg_dict, folder, entry = job
+    what, cfg_dict, folder, entry, progress = job
     cfg = resolve(cfg_dict)
     if what == "run":
-        return train(cfg, folder, resume=True, progress=False)
-    return _ensemble_record(cfg, entry, cfg.seed, Path(folder), progress=False)
+        return train(cfg, folder, resume=True, progress=progress)
+    return _ensemble_record(cfg, entry, cfg.seed, Path(folder), progress=progress)
 
 
 def compare(
@@ -199,12 +200,14 @@ def compare(
     entries = list(dict.fromkeys(parse_entry(m) for m in methods))
     out = Path(out)
     load_data(base)  # validates the data fields before any folder exists
-    jobs: dict[str, tuple[str, dict[str, Any], str, Entry]] = {}
+    jobs: dict[str, tuple[str, dict[str, Any], str, Entry, bool]] = {}
+    inner_bars = progress and workers == 1  # per-epoch bars only when the trainings run in this process
     for entry in entries:
         for seed in seeds:
             folder = str(out / entry.folder / f"seed-{seed}")
             what = "run" if entry.kind is None else "ensemble"
-            jobs.setdefault(folder, (what, base.replace(method=entry.method, seed=seed).to_dict(), folder, entry))
+            cfg = base.replace(method=entry.method, seed=seed).to_dict()
+            jobs.setdefault(folder, (what, cfg, folder, entry, inner_bars))
     done = dict(zip(jobs, run_jobs(_job, list(jobs.values()), workers, progress=progress, desc="trainings")))
     records = []
     for entry in entries:

@@ -17,7 +17,6 @@ ends bit-identical to an uninterrupted one on the same machine.
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import random
 import time

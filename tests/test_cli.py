@@ -88,3 +88,36 @@ def test_compare_tabulates_what_exists(tmp_path, capsys):
     assert results["summary"]["dense"]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2)
     assert "| dense |" in stdout and (out / "table.md").read_text().strip() == stdout.strip()
     assert (out / "reliability-dense.png").exists() and (out / "reliability-overlay.png").exists()
+
+
+def test_compare_temperature_row_reuses_the_runs_and_keeps_accuracy(tmp_path, capsys):
+    from bayessparse.predictors import labels_of, model_predictor
+    from bayessparse.train import load_finished
+    from bayessparse.uncertainty.temperature import fit_temperature
+
+    out = tmp_path / "cmp"
+    code, stdout, _ = _run(
+        capsys, "compare", "--data", "digits", "--model", "mlp", "--methods", "rigl,rigl+ts", "--seeds", "1",
+        "--epochs", "2", "--jobs", "1", "--out", str(out), "--no-progress",
+    )
+    assert code == 0 and "| rigl+ts |" in stdout
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["rigl"]  # one training serves both rows
+    plain, scaled = json.loads((out / "results.json").read_text())["runs"]
+    assert scaled["method"] == "rigl+ts" and scaled["accuracy"] == plain["accuracy"]
+    run, model = load_finished(out / "rigl" / "seed-0")
+    val = run.data.val
+    assert scaled["temperature"] == pytest.approx(fit_temperature(model_predictor(run, model)(val), labels_of(val)))
+    assert scaled["temperature"] != pytest.approx(1.0)
+    assert scaled["nll"] != plain["nll"]
+    assert (out / "reliability-rigl+ts.png").exists()
+
+
+@pytest.mark.parametrize("entry", ["edst:rigl:3+ts", "rigl+ts+ts", "lottery+ts"])
+def test_compare_rejects_bad_temperature_entries(tmp_path, capsys, entry):
+    code, _, stderr = _run(capsys, "compare", "--methods", entry, "--out", str(tmp_path / "c"), "--no-progress")
+    assert code == 2 and stderr.count("\n") == 1 and not (tmp_path / "c").exists()
+
+
+def test_compare_bad_jobs_is_one_line(tmp_path, capsys):
+    code, _, stderr = _run(capsys, "compare", "--jobs", "0", "--out", str(tmp_path / "c"), "--no-progress")
+    assert code == 2 and "--jobs" in stderr and not (tmp_path / "c").exists()

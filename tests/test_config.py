@@ -1,4 +1,5 @@
 import pytest
+import torch
 import yaml
 
 from bayessparse.config import FIELD_NAMES, TrainConfig, dump_yaml, read_yaml, resolve
@@ -73,3 +74,16 @@ def test_shipped_experiment_configs_are_valid():
         data = read_yaml(path)
         fields = {k: v for k, v in data.items() if k in FIELD_NAMES}
         assert resolve(fields).data == data["data"], path
+
+
+@pytest.mark.parametrize("width", [0, -1, float("nan"), float("inf")])
+def test_width_must_be_positive_and_finite(width):
+    with pytest.raises(ConfigError, match="width"):
+        resolve({"width": width})
+
+
+def test_width_reaches_the_model():
+    from bayessparse.train import build_run
+
+    run = build_run(resolve({"data": "digits", "model": "mlp", "width": 0.5}))
+    assert [m.out_features for m in run.model.modules() if isinstance(m, torch.nn.Linear)] == [128, 128, 10]

@@ -37,13 +37,18 @@ class CigL(SparseTraining):
     """RigL with a per-step Bernoulli random mask and weight averaging.
 
     Args (beyond :class:`SparseTraining`):
-        drop_rate: probability that an active weight is dropped in a step (the paper's ≈ 0.1).
+        drop_rate: probability ``1 - p`` that an active weight is dropped in a step. The paper's text
+            suggests about 10 %, but the official code drops 1 % in every published configuration (its
+            drop-rate argument never reaches the masking object, so the 1/100 default always applies).
+            The library default, 0.01, is the official code's and the one the committed drop-rate sweep
+            supports (docs/results.md): at 10 % a small network loses several accuracy points to the
+            per-step noise, at 1 % CigL matches or beats RigL's accuracy and calibration.
         averaging_start: ``T* / T``; averaging starts at the first epoch end with
             ``t >= max(T*, T_end)``.
         snapshot: ``"expected"`` or ``"sampled"`` (see :mod:`.averaging`).
     """
 
-    def __init__(self, *args: Any, drop_rate: float = 0.1, averaging_start: float = 0.8,
+    def __init__(self, *args: Any, drop_rate: float = 0.01, averaging_start: float = 0.8,
                  snapshot: str = "expected", **kwargs: Any) -> None:
         kwargs.setdefault("grow", GradientGrow())
         super().__init__(*args, **kwargs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from bayessparse.config import resolve
 from bayessparse.study.cells import Cell, folder_for, merge
 from bayessparse.study.rows import ROWS
 from bayessparse.study.spec import StudySpec
@@ -77,8 +78,6 @@ def imp_cells(spec: StudySpec, root: Path) -> dict[tuple[str, float], list[Cell]
     for study in spec.imp:
         for width in study.widths:
             for seed in spec.seeds:
-                from bayessparse.config import resolve
-
                 cfg = resolve(spec.base, study.config, {"width": width, "seed": seed, "method": "dense"})
                 settings = {"rounds": study.rounds, "prune_fraction": study.prune_fraction}
                 cell = Cell(cfg.to_dict(), folder_for(root, cfg, "imp", settings), "imp", imp=settings)
