@@ -268,7 +268,36 @@ def drop_rate_section(rep: Report, default_rate: float) -> list[dict]:
         plot_panels([("ECE", series["ECE"]), ("accuracy", series["accuracy"])], path, "sparsity",
                     f"{setup}: CigL drop rates vs RigL", xticks=d.sparsities)
         rep.add(rep.link(path, f"drop-rate sweep, {setup}"))
+    _drop_rate_choice(rep, found, default_rate)
     return found
+
+
+def _drop_rate_choice(rep: Report, found: list[dict], default_rate: float) -> None:
+    """Per rate over every swept setting, and the rule that picks the default on the first (main) setup."""
+    rates = rep.spec.drop_rate.rates
+    rows = []
+    for r in rates:
+        at = [f for f in found if f["rate"] == r]
+        rows.append([f"{r:g}", f"{sum(f['meets'] for f in at)} of {len(at)}",
+                     f"{sum(f['ratio'] for f in at) / len(at):.2f}", f"{max(f['ratio'] for f in at):.2f}",
+                     f"{100 * sum(f['d_acc'] for f in at) / len(at):+.2f}", f"{100 * min(f['d_acc'] for f in at):+.2f}"])
+    main = rep.spec.drop_rate.setups[0]
+
+    def on_main(r: float) -> list[dict]:
+        return [f for f in found if f["rate"] == r and f["setup"] == main]
+
+    keeping = [r for r in rates if sum(f["d_acc"] for f in on_main(r)) >= 0] or list(rates)
+    chosen = min(keeping, key=lambda r: max(f["ratio"] for f in on_main(r)))
+    met = [f for f in found if f["meets"]]
+    rep.add("### Choosing the default",
+            table(["drop rate", "target met", "mean ECE ratio", "worst ECE ratio", "mean Δ accuracy (points)",
+                   "worst Δ accuracy (points)"], rows),
+            (f"The target is met in {len(met)} of {len(found)} settings. " if met else
+             f"No rate meets the target in any of the {len(found)} settings; the default is the best trade-off. ")
+            + f"Rule: on the main job's setup ({main}), among the rates that do not lower the mean accuracy, the "
+            f"smallest worst-case ECE ratio over the swept sparsities; it picks **{chosen:g}**"
+            + (", the library's default." if chosen == default_rate else
+               f", which differs from the library's default {default_rate:g}: the default is stale."))
 
 
 # ------------------------------------------------------------------------------------------ DST-EE
