@@ -37,8 +37,8 @@ class Report:
         self.verdicts.append((what, result))
         return result
 
-    def add(self, *lines: str) -> None:
-        self.blocks.append("\n".join(lines))
+    def add(self, *paragraphs: str) -> None:
+        self.blocks.append("\n\n".join(paragraphs))  # a table needs a blank line before it to render
 
     def figure(self, name: str) -> Path:
         path = self.figures / name
