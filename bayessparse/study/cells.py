@@ -1,9 +1,10 @@
 """The study's units of work: a training (a run, an ensemble or an IMP sweep) and what is scored on it.
 
-Every unit lives in a folder named after its resolved configuration (a short hash of every field
-but the seed, then ``seed-S``), so two sections that need the same training share it, and a
-re-run of the study finds finished units and skips them. A unit's scores are cached in
-``FOLDER/study.json``; the worker that owns the folder is its only writer.
+Every unit lives in a folder named after its resolved configuration (a short hash of the fields
+its method reads, the seed aside, then ``seed-S``; see :func:`folder_for`), so two sections that
+need the same training share it, and a re-run of the study finds finished units and skips them.
+A unit's scores are cached in ``FOLDER/study.json``; the worker that owns the folder is its only
+writer.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ SCORES = "study.json"
 class Cell:
     """One run folder and what to score on it.
 
-    ``predictions`` are keys of :data:`bayessparse.study.rows.PREDICTIONS`; ``kind`` is ``"run"``,
+    ``predictions`` are ``"model"``, ``"ts"`` or ``"mc"`` (:class:`bayessparse.study.rows.Row`); ``kind`` is ``"run"``,
     ``"dst"`` / ``"edst"`` (a FreeTickets ensemble of ``members``) or ``"imp"`` (a sweep of
     ``rounds`` with ``prune_fraction``).
     """

@@ -140,18 +140,24 @@ def _train_command(spec: StudySpec, setup: str) -> str:
     return f"One cell: `bayessparse train {sets} --method METHOD --sparsity S --seed K --out RUN` (then the row's prediction)."
 
 
-def _paired_table(rep: Report, setup: str, a: str, b: str, sparsities: Sequence[float], **changes) -> list[dict]:
+def target_check(acc: list[float], ece: list[float], ref_acc: list[float], ref_ece: list[float]) -> dict[str, Any]:
+    """The defaults' acceptance rule against a reference at the same seeds: the paired accuracy
+    difference, the ratio of mean ECEs, and whether ratio ≤ ECE_RATIO_TARGET at Δacc ≥ −ACCURACY_SLACK."""
+    d_acc = paired_difference(acc, ref_acc)
+    ratio = interval(ece).mean / max(interval(ref_ece).mean, 1e-12)
+    return {"d_acc": d_acc, "ratio": ratio, "meets": ratio <= ECE_RATIO_TARGET and d_acc.mean >= -ACCURACY_SLACK}
+
+
+def _paired_table(rep: Report, setup: str, a: str, b: str, sparsities: Sequence[float]) -> list[dict]:
     """Paired differences ``a − b`` per sparsity: accuracy, ECE, NLL, and the ECE ratio; returns them."""
     rows, out = [], []
     for s in sparsities:
-        acc_a, acc_b = rep.row_values(setup, a, s, test_metric("accuracy"), **changes), rep.row_values(setup, b, s, test_metric("accuracy"))
-        ece_a, ece_b = rep.row_values(setup, a, s, test_metric("ece"), **changes), rep.row_values(setup, b, s, test_metric("ece"))
-        nll_a, nll_b = rep.row_values(setup, a, s, test_metric("nll"), **changes), rep.row_values(setup, b, s, test_metric("nll"))
-        d_acc, d_ece, d_nll = paired_difference(acc_a, acc_b), paired_difference(ece_a, ece_b), paired_difference(nll_a, nll_b)
-        ratio = interval(ece_a).mean / max(interval(ece_b).mean, 1e-12)
-        meets = ratio <= ECE_RATIO_TARGET and d_acc.mean >= -ACCURACY_SLACK
-        out.append({"sparsity": s, "d_acc": d_acc, "d_ece": d_ece, "d_nll": d_nll, "ratio": ratio, "meets": meets})
-        rows.append([_pct(s), d_acc.format(4), d_ece.format(4), d_nll.format(4), f"{ratio:.2f}", "yes" if meets else "no"])
+        va, vb = ({m: rep.row_values(setup, r, s, test_metric(m)) for m in ("accuracy", "ece", "nll")} for r in (a, b))
+        check = target_check(va["accuracy"], va["ece"], vb["accuracy"], vb["ece"])
+        d_ece, d_nll = paired_difference(va["ece"], vb["ece"]), paired_difference(va["nll"], vb["nll"])
+        out.append({"sparsity": s, "d_ece": d_ece, "d_nll": d_nll, **check})
+        rows.append([_pct(s), check["d_acc"].format(4), d_ece.format(4), d_nll.format(4), f"{check['ratio']:.2f}",
+                     "yes" if check["meets"] else "no"])
     name_a, name_b = ROWS[a].label, ROWS[b].label
     rep.add(f"**Paired difference {name_a} − {name_b}** (same seeds; an interval that excludes 0 is a resolved "
             f"difference; target: ECE ratio ≤ {ECE_RATIO_TARGET} at Δaccuracy ≥ −{ACCURACY_SLACK * 100:g} points)",
@@ -230,10 +236,10 @@ def corruption_section(rep: Report) -> None:
 # ------------------------------------------------------------------------------------------ drop rate
 
 
-def drop_rate_section(rep: Report, default_rate: float) -> list[dict]:
+def drop_rate_section(rep: Report, default_rate: float) -> None:
     d = rep.spec.drop_rate
     if d is None:
-        return []
+        return
     from bayessparse.plots.study import plot_panels
 
     rep.add("## CigL's drop rate: the evidence for the default",
@@ -253,9 +259,8 @@ def drop_rate_section(rep: Report, default_rate: float) -> list[dict]:
             for r in d.rates:
                 acc = rep.row_values(setup, "cigl", s, test_metric("accuracy"), drop_rate=r)
                 ece = rep.row_values(setup, "cigl", s, test_metric("ece"), drop_rate=r)
-                d_acc = paired_difference(acc, rigl_acc)
-                ratio = interval(ece).mean / max(interval(rigl_ece).mean, 1e-12)
-                meets = ratio <= ECE_RATIO_TARGET and d_acc.mean >= -ACCURACY_SLACK
+                check = target_check(acc, ece, rigl_acc, rigl_ece)
+                d_acc, ratio, meets = check["d_acc"], check["ratio"], check["meets"]
                 found.append({"setup": setup, "sparsity": s, "rate": r, "ratio": ratio, "d_acc": d_acc.mean, "meets": meets})
                 series["ECE"].setdefault(f"CigL {r:g}", []).append((s, interval(ece)))
                 series["accuracy"].setdefault(f"CigL {r:g}", []).append((s, interval(acc)))
@@ -269,7 +274,6 @@ def drop_rate_section(rep: Report, default_rate: float) -> list[dict]:
                     f"{setup}: CigL drop rates vs RigL", xticks=d.sparsities)
         rep.add(rep.link(path, f"drop-rate sweep, {setup}"))
     _drop_rate_choice(rep, found, default_rate)
-    return found
 
 
 def _drop_rate_choice(rep: Report, found: list[dict], default_rate: float) -> None:

@@ -10,16 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-#: How a row's runs predict (see bayessparse.predictors).
-PREDICTIONS = ("model", "ts", "mc")
-
-
 @dataclass(frozen=True)
 class Row:
     label: str
     method: str
     changes: dict[str, Any] = field(default_factory=dict)
-    predict: str = "model"
+    predict: str = "model"  # "model", "ts" (temperature scaled) or "mc" (Monte Carlo over Z): bayessparse.predictors
     about: str = ""
 
 
