@@ -39,7 +39,12 @@ class TrainConfig:
     update_end: float = 0.75  # T_end / T, mask updates stop after this fraction of steps
     explore_c: float = 1.0  # DST-EE exploration weight c
     drop_rate: float = 0.01  # CigL: probability that an active weight is dropped by Z (docs/results.md)
-    averaging_start: float = 0.8  # CigL: T* / T, weight averaging starts after this fraction
+    averaging_start: float = 0.8  # CigL, vcigl: T* / T, weight averaging starts after this fraction
+    guide: str = "map"  # vcigl: q(W | Z) on the kept weights, "map" (point mass) or "gaussian" (learned σ)
+    keep_prior: float = 0.99  # vcigl: p₀ of the prior Z ~ Bernoulli(p₀) (docs/results.md)
+    keep_init: float | None = None  # vcigl: initial learned keep probability (None: keep_prior)
+    keep_shape: str = "layer"  # vcigl: one keep probability per "layer" or per output "unit"
+    keep_temperature: float = 0.1  # vcigl: temperature of the relaxed Bernoulli q(Z)
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -53,7 +58,7 @@ class TrainConfig:
     step_gamma: float = 0.1
     # bookkeeping
     seed: int = 0
-    engine: str = "plain"
+    engine: str = "plain"  # "plain" or "pyro"; methods that need Pyro (vcigl) default to "pyro"
     device: str = "auto"  # "auto", "cpu" or "cuda"
     eval_batch_size: int = 1024
     ece_bins: int = 15
@@ -73,6 +78,8 @@ class TrainConfig:
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
+#: Methods trained only as SVI (their latent Z is drawn by Pyro): the engine defaults to "pyro" for them.
+PYRO_METHODS = ("vcigl",)
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 
 
@@ -132,6 +139,12 @@ def _check(cfg: TrainConfig) -> None:
     need(cfg.layer_density in ("erk", "uniform"), "layer_density", "'erk' or 'uniform'")
     need(cfg.lr_schedule in ("cosine", "step", "constant"), "lr_schedule", "'cosine', 'step' or 'constant'")
     need(cfg.engine in ("plain", "pyro"), "engine", "'plain' or 'pyro'")
+    need(cfg.method not in PYRO_METHODS or cfg.engine == "pyro", "engine", f"'pyro' for method {cfg.method}")
+    need(cfg.guide in ("map", "gaussian"), "guide", "'map' or 'gaussian'")
+    need(0.0 < cfg.keep_prior < 1.0, "keep_prior", "in (0, 1)")
+    need(cfg.keep_init is None or 0.0 < cfg.keep_init < 1.0, "keep_init", "empty or in (0, 1)")
+    need(cfg.keep_shape in ("layer", "unit"), "keep_shape", "'layer' or 'unit'")
+    need(cfg.keep_temperature > 0.0, "keep_temperature", "> 0")
     need(cfg.device in ("auto", "cpu", "cuda"), "device", "'auto', 'cpu' or 'cuda'")
     need(all(0.0 < m < 1.0 for m in cfg.step_milestones), "step_milestones", "fractions in (0, 1)")
 
@@ -144,6 +157,8 @@ def resolve(*layers: Mapping[str, Any] | None) -> TrainConfig:
             if name not in FIELD_NAMES:
                 raise ConfigError(f"unknown config field '{name}'")
             merged[name] = coerce(name, value, _HINTS[name])
+    if "engine" not in merged and merged.get("method") in PYRO_METHODS:
+        merged["engine"] = "pyro"
     cfg = TrainConfig(**merged)
     _check(cfg)
     return cfg
@@ -171,4 +186,4 @@ def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-__all__ = ["TrainConfig", "FIELD_NAMES", "coerce", "resolve", "read_yaml", "dump_yaml"]
+__all__ = ["TrainConfig", "FIELD_NAMES", "PYRO_METHODS", "coerce", "resolve", "read_yaml", "dump_yaml"]

@@ -15,6 +15,13 @@ model that ``metrics.json`` describes and writes, atomically:
     - ``corruptions``: accuracy, nll, ece, brier (and the temperature-scaled nll / ece) per
       corruption and severity 1..5 (:mod:`bayessparse.data.corruptions`, or a CIFAR-10-C folder),
       the clean values, and the mean over corruptions per severity;
+    - ``mc_predictive`` (``samples > 0``): the same test metrics of the Monte Carlo posterior
+      predictive, ``lppd`` (the test set's log pointwise predictive density
+      ``Σ_n log (1/S) Σ_s p(y_n | θ_s)``: ``sum``, per-example ``mean``), ``latents`` (per layer: the
+      mean over draws of the fraction of active weights ``Z`` keeps, ``E_q[Z]``, the density, and
+      for the Gaussian family the weight scales) and, with ``arviz``, ``loo``: PSIS-LOO on (at most
+      :data:`LOO_MAX`) *training* examples -- ``elpd``, ``se``, ``p_loo``, ``n`` and ArviZ's Pareto-k
+      counts (``good`` ``k ≤ good_k``, ``bad`` ``≤ 1``, ``very_bad``);
 * ``RUN/reliability_temperature.png``: reliability diagram of the temperature-scaled model
   (the plain one is the run's ``reliability.png``);
 * ``RUN/ood_scores.png``: histograms of the in- vs out-of-distribution scores;
@@ -33,6 +40,7 @@ folder, ``n_bins < 1``) raises :class:`~bayessparse.errors.ConfigError` before a
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,7 +48,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import Dataset, Subset, TensorDataset
 from tqdm.auto import tqdm
 
 from bayessparse.batches import batches
@@ -66,7 +74,7 @@ from bayessparse.uncertainty.ood import SCORES, ood_metrics, ood_scores
 from bayessparse.uncertainty.reliability import plot_reliability
 from bayessparse.uncertainty.temperature import apply_temperature, fit_temperature, temperature_nll
 
-__all__ = ["EVAL", "calibration_summary", "evaluate_run"]
+__all__ = ["EVAL", "LOO_MAX", "calibration_summary", "evaluate_run", "format_summary", "pareto_k_counts"]
 
 EVAL = "eval.json"
 CORRUPTIONS_PNG = "corruptions.png"
@@ -115,28 +123,94 @@ class _Predictor:
         return probs, predictive_mean(probs).clamp_min(1e-300).log(), labels
 
 
+#: Training examples PSIS-LOO is computed on at most (a seeded subsample beyond; ``evaluate_run(loo_max=...)``).
+LOO_MAX = 2000
+#: PSIS fits its Pareto tail to the largest ``ceil(min(S/5, 3·sqrt(S)))`` weights and needs more than
+#: 4 of them: below this many draws ArviZ reports k = inf for every example.
+PSIS_MIN_SAMPLES = 21
+
+
+def _loo_subset(data: Any, max_examples: int, seed: int, batch_size: int) -> tuple[Dataset, Tensor, int]:
+    """The training examples LOO runs on (``train_eval`` if any: no augmentation), their labels, and ``len(train)``."""
+    train = data.train_eval if data.train_eval is not None else data.train
+    total = len(train)
+    if total > max_examples:
+        idx = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_examples].sort().values
+        if isinstance(train, TensorDataset):
+            train = TensorDataset(*(t[idx] for t in train.tensors))
+        else:
+            train = Subset(train, idx.tolist())
+    labels = torch.cat([y for _, y in batches(train, batch_size)])
+    return train, labels, total
+
+
+def pareto_k_counts(pareto_k: Any, good_k: float) -> dict[str, int]:
+    """ArviZ's Pareto-k bins (as ``print(az.loo(...))``): good ``k ≤ good_k``, bad ``(good_k, 1]``,
+    very bad ``k > 1`` (and ``inf`` / ``nan``: no tail fit)."""
+    k = np.asarray(pareto_k, dtype=float).reshape(-1)
+    return {"good": int((k <= good_k).sum()), "bad": int(((k > good_k) & (k <= 1.0)).sum()),
+            "very_bad": int(((k > 1.0) | np.isnan(k)).sum())}
+
+
 def _mc_predictive(run: Any, model: Any, test_set: Dataset, labels: Tensor, samples: int, n_bins: int,
-                   ood_set: Dataset | None, arviz: str | Path | None, seed: int) -> dict[str, Any]:
-    """Metrics of the Monte Carlo posterior predictive over ``Z`` (and its ArviZ export)."""
-    from bayessparse.ppl.predictive import keep_probability, plot_posterior_predictive, predictive_probs, to_inference_data
+                   ood_set: Dataset | None, arviz: str | Path | None, seed: int, loo_max: int) -> dict[str, Any]:
+    """Metrics of the Monte Carlo posterior predictive over the guide (and its ArviZ export, with PSIS-LOO)."""
+    from bayessparse.ppl.predictive import (
+        keep_probability,
+        lppd,
+        plot_posterior_predictive,
+        predictive_probs,
+        to_inference_data,
+    )
 
-    def draw(dataset: Dataset) -> Tensor:
-        return predictive_probs(run, model, dataset, samples, run.cfg.eval_batch_size, seed=seed)
+    def draw(dataset: Dataset, latents: bool = False) -> Any:
+        # the same seed draws the same latents (W_s, Z_s) on every dataset
+        return predictive_probs(run, model, dataset, samples, run.cfg.eval_batch_size, seed=seed,
+                                return_latents=latents)
 
-    probs = draw(test_set)
-    block: dict[str, Any] = {"samples": samples, "keep_probability": keep_probability(run),
-                             **calibration_summary(probs, labels, n_bins)}
+    probs, latents = draw(test_set, latents=True)
+    test_lppd = lppd(probs, labels)
+    block: dict[str, Any] = {
+        "samples": samples,
+        "keep_probability": keep_probability(run),
+        **calibration_summary(probs, labels, n_bins),
+        "lppd": {"data": "test", "n": len(labels), "sum": float(test_lppd.sum()), "mean": float(test_lppd.mean())},
+        "latents": {"layers": list(latents.layers),
+                    **{k: v.mean(0).tolist() for k, v in latents.per_draw.items()},
+                    **{k: v.tolist() for k, v in latents.constant.items()}},
+    }
     if ood_set is not None:
         block["ood"] = ood_metrics(probs, draw(ood_set))
     if arviz is not None:
         import arviz as az
 
-        idata = to_inference_data(probs, labels, seed=seed)
+        train_set, train_labels, n_train = _loo_subset(run.data, loo_max, seed, run.cfg.eval_batch_size)
+        train_probs, train_latents = draw(train_set, latents=True)
+        if not torch.equal(train_latents.per_draw["keep_fraction"], latents.per_draw["keep_fraction"]):
+            raise RuntimeError("the training and test predictives did not use the same posterior draws")
+        subsample = len(train_labels) < n_train
+        idata = to_inference_data(
+            train_probs, train_labels, latents, test_probs=probs, test_labels=labels, seed=seed,
+            attrs={"log_likelihood": f"{len(train_labels)} of {n_train} training examples"
+                                     + (f" (random subsample, seed {seed})" if subsample else "")})
         write_atomic(arviz, lambda tmp: idata.to_netcdf(str(tmp)))
-        loo = az.loo(idata)
-        block["loo"] = {"elpd": float(loo["elpd_loo"]), "se": float(loo["se"]), "p_loo": float(loo["p_loo"])}
+        with warnings.catch_warnings():  # its Pareto-k warning: the counts are reported below
+            warnings.filterwarnings("ignore", message="Estimated shape parameter of Pareto")
+            loo = az.loo(idata, pointwise=True)
+        block["loo"] = {
+            "data": "train",
+            "n": int(loo["n_data_points"]),
+            "n_train": n_train,
+            "subsample_seed": seed if subsample else None,
+            "elpd": float(loo["elpd_loo"]),
+            "se": float(loo["se"]),
+            "p_loo": float(loo["p_loo"]),
+            "elpd_mean": float(loo["elpd_loo"]) / int(loo["n_data_points"]),
+            "good_k": float(loo["good_k"]),
+            "pareto_k": pareto_k_counts(loo["pareto_k"], float(loo["good_k"])),
+        }
         plot_posterior_predictive(idata, Path(arviz).with_suffix(".png"),
-                                  title=f"{run.cfg.method} on {run.cfg.data}: {samples} draws of Z")
+                                  title=f"{run.cfg.method} on {run.cfg.data}: {samples} posterior draws")
     return block
 
 
@@ -158,6 +232,7 @@ def evaluate_run(
     samples: int = 0,
     arviz: str | Path | None = None,
     seed: int = 0,
+    loo_max: int = LOO_MAX,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the finished run in ``run_dir``; write ``eval.json`` and the plots; return the record.
@@ -171,11 +246,17 @@ def evaluate_run(
         corruptions_root: a CIFAR-10-C / CIFAR-100-C folder used instead of generated corruptions.
         sample_probs: ``dataset -> (S, N, C)`` per-sample probabilities replacing the single model.
         samples: ``S > 0`` adds an ``mc_predictive`` block: the posterior predictive by Monte Carlo
-            over the random mask ``Z`` (:func:`bayessparse.ppl.predictive.predictive_probs`), next to
-            the evaluated (for CigL: weight-averaged) model, with OOD mutual information.
-        arviz: with ``samples``, write those draws as ArviZ InferenceData (netCDF) to this path,
-            report PSIS-LOO, and plot the posterior-predictive check next to it (``.png``).
-        seed: seeds the OOD set, the generated corruptions and the Monte Carlo draws.
+            over the guide's latents (:func:`bayessparse.ppl.predictive.predictive_probs`), next to
+            the evaluated (for CigL: weight-averaged) model: test metrics, the test set's log
+            pointwise predictive density ``lppd``, per-layer latent summaries, OOD mutual information.
+        arviz: with ``samples``, write those draws as ArviZ InferenceData (netCDF) to this path
+            (layout: :func:`bayessparse.ppl.predictive.to_inference_data`; the log-likelihood is on
+            training examples, the test set in ``predictions``), report PSIS-LOO on the training
+            examples with its Pareto-k counts (``loo``), and plot the posterior-predictive check
+            next to it (``.png``).
+        seed: seeds the OOD set, the generated corruptions, the Monte Carlo draws and LOO's subsample.
+        loo_max: PSIS-LOO runs on at most this many training examples (a seeded random subsample
+            beyond), as its cost is ``S`` passes over them.
     """
     from bayessparse.train import load_finished, measured_density
 
@@ -187,6 +268,8 @@ def evaluate_run(
         raise ConfigError(f"--samples must be an integer >= 0, got {samples!r}")
     if arviz is not None and samples < 1:
         raise ConfigError("--arviz needs --samples S (S >= 1): it stores the Monte Carlo draws")
+    if isinstance(loo_max, bool) or not isinstance(loo_max, int) or loo_max < 1:
+        raise ConfigError(f"loo_max must be an integer >= 1, got {loo_max!r}")
     if arviz is not None and not Path(arviz).parent.is_dir():
         raise ConfigError(f"--arviz: folder {Path(arviz).parent} does not exist")
     kind = input_kind(cfg.data, data.input_shape)
@@ -231,7 +314,8 @@ def evaluate_run(
 
     ood_set = make_ood(ood_name, test_set, kind, seed=seed) if ood_name is not None else None
     if samples:
-        record["mc_predictive"] = _mc_predictive(run, model, test_set, labels, samples, n_bins, ood_set, arviz, seed)
+        record["mc_predictive"] = _mc_predictive(run, model, test_set, labels, samples, n_bins, ood_set, arviz, seed,
+                                                 loo_max)
         written += [Path(arviz).name, Path(arviz).with_suffix(".png").name] if arviz is not None else []
 
     record["ood"] = None
@@ -355,8 +439,29 @@ def format_summary(record: dict[str, Any]) -> str:
     mc = record.get("mc_predictive")
     if mc:
         lines.append(row(f"MC over Z, {mc['samples']} draws", [mc[c] for c in cols]))
+        if "lppd" in mc:
+            lp = mc["lppd"]
+            lines.append(f"{'  test lppd':{w}s}{lp['sum']:.2f} ({lp['mean']:.4f} per example, {lp['n']} test examples)")
+        lat = mc.get("latents")
+        if lat:
+            kf, kp = np.mean(lat["keep_fraction"]), np.mean(lat["keep_probability"])
+            lines.append(f"{'  posterior: kept by Z':{w}s}{kf:.4f} of the active weights (mean over draws and "
+                         f"{len(lat['layers'])} layers; E_q[Z] {kp:.4f})")
+            if "scale_mean" in lat:
+                lines.append(f"{'  posterior: weight scale':{w}s}mean σ {np.mean(lat['scale_mean']):.3g}, "
+                             f"mean |U|/σ {np.mean(lat['snr_mean']):.3g}, "
+                             f"‖W_s−U‖/‖U‖ {np.mean(lat['relative_deviation']):.3g}")
         if "loo" in mc:
-            lines.append(f"{'  PSIS-LOO elpd':{w}s}{mc['loo']['elpd']:.2f} ± {mc['loo']['se']:.2f} (p_loo {mc['loo']['p_loo']:.1f})")
+            lo = mc["loo"]
+            used = f"{lo['n']} of {lo['n_train']} train" + (f", subsample seed {lo['subsample_seed']}"
+                                                              if lo["subsample_seed"] is not None else "")
+            lines.append(f"{'  PSIS-LOO on training data':{w}s}elpd {lo['elpd']:.2f} ± {lo['se']:.2f} "
+                         f"({lo['elpd_mean']:.4f} per example), p_loo {lo['p_loo']:.1f} ({used})")
+            k = lo["pareto_k"]
+            note = (f"; S < {PSIS_MIN_SAMPLES}: too few draws for the Pareto tail fit, k = inf"
+                    if mc["samples"] < PSIS_MIN_SAMPLES else "")
+            lines.append(f"{'  Pareto k':{w}s}good (≤ {lo['good_k']:.2f}) {k['good']}, bad {k['bad']}, "
+                         f"very bad (> 1) {k['very_bad']}{note}")
     if record.get("ood"):
         o = record["ood"]
         lines.append(row(f"OOD '{o['set']}' ({o['n_out']} inputs)", ("auroc", "aupr", "fpr95")))

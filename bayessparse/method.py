@@ -78,6 +78,10 @@ class TrainingMethod:
         """An (untrained) copy of the evaluated model's structure, to load a saved ``final_model`` into."""
         return copy.deepcopy(model)
 
+    def summary(self) -> dict[str, Any]:
+        """Method-specific numbers for the run's ``metrics.json`` (e.g. learned keep probabilities)."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

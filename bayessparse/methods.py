@@ -19,6 +19,7 @@ from bayessparse.sparsity.cigl import CigL
 from bayessparse.sparsity.growth import GradientGrow, RandomGrow, UCBGrow
 from bayessparse.sparsity.prediction_average import CigLPredictionAverage
 from bayessparse.sparsity.training import SparseTraining
+from bayessparse.sparsity.variational_cigl import VariationalCigL
 
 MethodFactory = Callable[[TrainConfig, nn.Module, torch.Generator], TrainingMethod]
 
@@ -44,6 +45,10 @@ METHODS: dict[str, MethodFactory] = {
     "rigl-wdp": lambda cfg, model, g: CigL(**_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=1.0),
     "cigl-pa": lambda cfg, model, g: CigLPredictionAverage(
         **_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=cfg.averaging_start),
+    # Beyond the paper: CigL whose keep probabilities are learned by SVI (trained by the Pyro engine).
+    "vcigl": lambda cfg, model, g: VariationalCigL(
+        **_sparse(cfg, g), guide=cfg.guide, keep_prior=cfg.keep_prior, keep_init=cfg.keep_init,
+        keep_shape=cfg.keep_shape, keep_temperature=cfg.keep_temperature, averaging_start=cfg.averaging_start),
 }
 
 

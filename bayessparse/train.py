@@ -135,6 +135,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(),
+            "engine": self.engine.state_dict() if self.engine is not None else None,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -152,6 +153,8 @@ class Run:
         if self.scheduler is not None:  # the pyro engine's optimizer schedules its own learning rate
             self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
+        if self.engine is not None:
+            self.engine.load_state_dict(state.get("engine") or {})
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
@@ -354,6 +357,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     write_text(out / CONFIG, dump_yaml(cfg))
     final = fit(run, out / CHECKPOINT, progress)
     metrics, probs, labels = evaluate_model(run, final)
+    metrics.update(run.method.summary())
     save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
     plot_reliability(probs, labels, out / RELIABILITY, n_bins=cfg.ece_bins, title=f"{cfg.method} on {cfg.data}")
     write_json(out / METRICS, metrics)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import warnings
 
+import arviz as az
 import matplotlib.image
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ import torch
 from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.data.corruptions import CORRUPTIONS, SEVERITIES
-from bayessparse.evaluate import EVAL, calibration_summary, evaluate_run
+from bayessparse.errors import ConfigError
+from bayessparse.evaluate import EVAL, calibration_summary, evaluate_run, format_summary, pareto_k_counts
 from bayessparse.predict import predict_probs
 from bayessparse.train import load_finished, train
 from bayessparse.uncertainty.ood import ood_metrics
@@ -135,6 +139,52 @@ def test_without_ood_and_temperature(run_dir):
     assert record["ood"] is None and record["corruptions"] is None and "temperature_scaled" not in record
     assert record["files"] == [] and (run_dir / EVAL).is_file()
     assert not any((run_dir / name).exists() for name in PNGS)
+
+
+def test_without_samples_there_is_no_mc_block_and_bad_loo_max_is_refused(evaluated, run_dir):
+    _, record = evaluated
+    assert "mc_predictive" not in record
+    assert "lppd" not in format_summary(record) and "PSIS-LOO" not in format_summary(record)
+    with pytest.raises(ConfigError, match="loo_max"):
+        evaluate_run(run_dir, samples=2, loo_max=0)
+
+
+def test_pareto_k_counts_use_arviz_bins():
+    counts = pareto_k_counts(np.array([-0.2, 0.3, 0.69, 0.71, 1.0, 1.5, np.inf, np.nan]), good_k=0.7)
+    assert counts == {"good": 3, "bad": 2, "very_bad": 3}
+    # the same counts as ArviZ's own table (print(az.loo(...)))
+    rng = np.random.default_rng(0)
+    log_lik = rng.standard_t(2, size=(1, 40, 200)) - 2.0
+    idata = az.from_dict(posterior={"a": rng.normal(size=(1, 40))}, log_likelihood={"y": log_lik})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loo = az.loo(idata, pointwise=True)
+    table = dict(re.findall(r"\((good|bad|very bad)\)\s+(\d+)", str(loo)))
+    ours = pareto_k_counts(loo.pareto_k, loo.good_k)
+    assert ours == {"good": int(table["good"]), "bad": int(table["bad"]), "very_bad": int(table["very bad"])}
+    assert sum(ours.values()) == 200 and min(ours.values()) > 0
+
+
+def test_summary_reports_lppd_latents_and_loo_with_pareto_counts():
+    row = {"accuracy": 0.9, "nll": 0.3, "ece": 0.05, "adaptive_ece": 0.05, "classwise_ece": 0.01, "mce": 0.2,
+           "brier": 0.15}
+    mc = {"samples": 100, **row, "lppd": {"data": "test", "n": 359, "sum": -107.7, "mean": -0.3},
+          "latents": {"layers": ["a", "b"], "keep_fraction": [0.79, 0.81], "keep_probability": [0.8, 0.8],
+                      "density": [1.0, 0.2], "relative_deviation": [0.1, 0.3], "scale_mean": [0.01, 0.03],
+                      "snr_mean": [5.0, 7.0]},
+          "loo": {"data": "train", "n": 2000, "n_train": 5000, "subsample_seed": 0, "elpd": -620.5, "se": 20.25,
+                  "p_loo": 12.3, "elpd_mean": -0.31025, "good_k": 0.5,
+                  "pareto_k": {"good": 1990, "bad": 9, "very_bad": 1}}}
+    record = {"method": "vcigl", "data": "digits", "predictive": "single model", "n_bins": 15, "n_test": 359,
+              "test": row, "mc_predictive": mc}
+    text = format_summary(record)
+    assert "test lppd" in text and "-107.70 (-0.3000 per example, 359 test examples)" in text
+    assert "PSIS-LOO on training data" in text and "elpd -620.50 ± 20.25 (-0.3103 per example), p_loo 12.3" in text
+    assert "(2000 of 5000 train, subsample seed 0)" in text
+    assert "good (≤ 0.50) 1990, bad 9, very bad (> 1) 1" in text and "S < 21" not in text
+    assert "0.8000 of the active weights" in text and "E_q[Z] 0.8000" in text
+    assert "mean σ 0.02, mean |U|/σ 6, ‖W_s−U‖/‖U‖ 0.2" in text
+    assert "PSIS-LOO elpd" not in text and "LOO" not in text.split("PSIS-LOO on training data")[0]
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,6 +1,8 @@
 """Training is SVI: the ``--engine pyro`` step and the plain step produce the same weights.
 
 Both engines are built from the same config and seed and fed their own (identical) data stream;
+the Pyro engine's ``Z`` sites are conditioned on the plain loop's random masks (the engine
+itself lets Pyro draw them from ``q(Z)``; tests/test_ppl_variational.py checks that draw);
 after N steps, with several RigL mask updates (and CigL's random masks) on the way, the weights,
 BatchNorm statistics, masks and momentum buffers are compared.
 
@@ -18,6 +20,7 @@ import torch
 
 from bayessparse.batches import batches
 from bayessparse.config import resolve
+from bayessparse.ppl.svi import random_mask_draw
 from bayessparse.train import build_run, load_data, train_step
 
 MNIST1D = {"data": "mnist1d", "batch_size": 64, "lr": 0.05, "epochs": 3, "seed": 1, "device": "cpu"}
@@ -31,6 +34,9 @@ def _stream(run):
 def _run_both(cfg, steps):
     data = load_data(cfg)
     runs = {engine: build_run(cfg.replace(engine=engine), data) for engine in ("plain", "pyro")}
+    random_mask = getattr(runs["pyro"].method, "random_mask", None)
+    if random_mask is not None:  # the same Z as the plain loop: condition the guide's Z sites on its draws
+        runs["pyro"].engine.svi.draw = random_mask_draw(random_mask, runs["pyro"].engine.model.weight_names)
     for run in runs.values():
         run.model.train()
         stream = _stream(run)

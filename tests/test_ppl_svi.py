@@ -12,11 +12,17 @@ from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.errors import TrainingDiverged
 from bayessparse.files import load_torch
-from bayessparse.ppl.svi import ScheduledSGD
+from bayessparse.ppl.svi import ScheduledSGD, random_mask_draw
 from bayessparse.train import build_run, train, train_step
 
 DIGITS = {"data": "digits", "model": "cnn2d", "sparsity": 0.8, "batch_size": 32, "lr": 0.05, "update_interval": 10,
           "engine": "pyro"}
+
+
+def _momenta(state):
+    """``param-store name -> momentum buffer`` of a saved ScheduledSGD state."""
+    buffers = state["optimizer"]["state"]
+    return {name: buffers[i]["momentum_buffer"] for i, name in enumerate(state["names"]) if i in buffers}
 
 
 def _batches(run, n, seed=1):
@@ -38,9 +44,11 @@ def test_run_folder_contract_and_pyro_state_in_the_checkpoint(tmp_path):
     assert state["scheduler"] is None and state["config"]["engine"] == "pyro"
     run = build_run(resolve(DIGITS, {"method": "cigl", "epochs": 2}))
     names = {f"net.{n}" for n, _ in run.model.named_parameters()}
-    assert set(state["optimizer"]) == names  # the Pyro optimizer's state, one torch SGD per param-store name
-    some = state["optimizer"]["net.classifier.weight"]
-    assert "momentum_buffer" in some["optimizer"]["state"][0] and some["scheduler"]["last_epoch"] > 0
+    assert set(state["optimizer"]["names"]) == names  # the Pyro optimizer's state, by param-store name
+    momenta = _momenta(state["optimizer"])
+    assert momenta.keys() == names and momenta["net.classifier.weight"].abs().sum() > 0
+    assert state["optimizer"]["scheduler"]["last_epoch"] > 0
+    assert state["engine"] == {}  # CigL's guide has no parameters of its own (q(Z) = p(Z), point mass)
     assert "final_model" in state
 
 
@@ -56,20 +64,35 @@ def test_build_run_uses_a_pyro_optimizer_and_an_isolated_param_store():
             assert store[f"net.{name}"] is p  # the param store holds the network's own parameters
 
 
-def test_two_runs_in_one_process_do_not_interfere():
-    cfg = resolve(DIGITS, {"method": "cigl"})
-    alone = build_run(cfg)
+@pytest.mark.parametrize("method", ["rigl", "cigl"])
+def test_two_runs_in_one_process_do_not_interfere(method):
+    """Each run's parameters and optimizer live in its own param-store scope.
+
+    CigL's Z is conditioned on the run's own RandomMask generator: the engine's own draw comes from
+    torch's global random state, which two interleaved runs share.
+    """
+    cfg = resolve(DIGITS, {"method": method})
+
+    def build(cfg):
+        run = build_run(cfg)
+        if method == "cigl":
+            run.engine.svi.draw = random_mask_draw(run.method.random_mask, run.engine.model.weight_names)
+        return run
+
+    alone = build(cfg)
     for x, y in _batches(alone, 12):
         train_step(alone, x, y)
-    a, b = build_run(cfg), build_run(cfg.replace(seed=5))
+    a, b = build(cfg), build(cfg.replace(seed=5))
     for (xa, ya), (xb, yb) in zip(_batches(a, 12), _batches(b, 12, seed=2)):
         train_step(a, xa, ya)
         train_step(b, xb, yb)
+    assert not torch.equal(a.model.classifier.weight, b.model.classifier.weight)
     for key, value in alone.model.state_dict().items():
         assert torch.equal(value, a.model.state_dict()[key]), key
+    assert len(pyro.get_param_store()) == 0
 
 
-@pytest.mark.parametrize("method", ["rigl", "cigl"])
+@pytest.mark.parametrize("method", ["rigl", "cigl", "vcigl"])
 def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, method, monkeypatch):
     cfg = resolve(DIGITS, {"method": method, "epochs": 3})
     saved = []
@@ -84,9 +107,15 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, method, monkeypatch)
     a, b = load_torch(tmp_path / "full" / "checkpoint.pt"), load_torch(tmp_path / "resumed" / "checkpoint.pt")
     for key in a["final_model"]:
         assert torch.equal(a["final_model"][key], b["final_model"][key]), key
-    for name, state in a["optimizer"].items():
-        assert torch.equal(state["optimizer"]["state"][0]["momentum_buffer"],
-                           b["optimizer"][name]["optimizer"]["state"][0]["momentum_buffer"]), name
+    momenta_a, momenta_b = _momenta(a["optimizer"]), _momenta(b["optimizer"])
+    assert momenta_a.keys() == momenta_b.keys() and momenta_a
+    for name, buffer in momenta_a.items():
+        assert torch.equal(buffer, momenta_b[name]), name
+    assert a["engine"].keys() == b["engine"].keys()
+    for name, value in a["engine"].items():  # vcigl: the keep logits
+        assert torch.equal(value, b["engine"][name]), name
+    if method == "vcigl":
+        assert a["engine"] and all(".keep_logit." in k for k in a["engine"])
     assert full["accuracy"] == resumed["accuracy"] and full["nll"] == resumed["nll"]
 
 
@@ -108,15 +137,20 @@ def test_nan_loss_stops_with_the_epoch_and_step(tmp_path, monkeypatch):
 
 
 def test_cli_train_with_the_pyro_engine_matches_the_plain_engine(tmp_path, capsys):
-    """Without weight decay the two engines are bit-identical, so are their metrics (see test_ppl_equivalence)."""
-    flags = ["train", "--data", "digits", "--model", "mlp", "--method", "cigl", "--epochs", "2", "--lr", "0.05",
+    """Without weight decay the two engines are bit-identical, so are their metrics (see test_ppl_equivalence).
+
+    RigL: the step has no randomness of its own. (CigL's Z is drawn by Pyro from the global random
+    state under the Pyro engine, by the method's generator under the plain one.)
+    """
+    flags = ["train", "--data", "digits", "--model", "mlp", "--method", "rigl", "--epochs", "2", "--lr", "0.05",
              "--set", "weight_decay=0", "--no-progress"]
     records = {}
     for engine in ("plain", "pyro"):
         out = tmp_path / engine
         assert main([*flags, "--engine", engine, "--out", str(out)]) == 0
-        assert "cigl on digits: accuracy" in capsys.readouterr().out
+        assert "rigl on digits: accuracy" in capsys.readouterr().out
         records[engine] = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "nll", "ece", "brier", "density"):
         assert records["plain"][key] == records["pyro"][key], key
     assert main(["train", "--engine", "stan", "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "--method", "vcigl", "--engine", "plain", "--out", str(tmp_path / "y")]) == 2

@@ -1,22 +1,24 @@
-"""A :class:`~pyro.infer.Trace_ELBO` that skips the terms it can prove are exactly zero.
+"""The engine's ELBO: :class:`~pyro.infer.Trace_ELBO` with the exactly known terms in closed form.
 
-``Trace_ELBO`` evaluates ``log p(z) − log q(z)`` at every latent site and, for sites that are not
-reparameterisable, adds a score-function term ``log q(z) · (log p − log q)`` to the surrogate.
-In the sparse-training model two kinds of site make all of that dead weight, each costing
-several elementwise passes over every prunable weight per step:
+``Trace_ELBO`` estimates ``E_q[log p(z) − log q(z)]`` at every latent site from the one sample it
+draws. In the sparse-network model two kinds of site have that term exactly, and computing it
+directly is both cheaper and free of Monte-Carlo noise:
 
 * **a guide site that samples from the model's own prior**, i.e. ``q(Z) = p(Z)`` as the very
   same distribution object, with no parameter that requires a gradient (CigL's random mask
-  ``Z ~ Bernoulli(p)``): ``log p(Z) − log q(Z) = 0`` exactly, and the score-function term
+  ``Z ~ Bernoulli(p₀)``): ``log p(Z) − log q(Z) = 0`` exactly, and the score-function term
   ``∇ log q(Z) · (…)`` is zero because ``q`` has no parameters. Neither log-prob is computed.
-* **a point mass at its own location** (``Delta(v)`` whose sample is ``v`` itself):
-  ``log q(W) = log_density``, a constant (0), with no gradient. Only ``log_density`` is used,
-  not the elementwise ``1[W = v]`` test.
+* **a guide site whose divergence from the prior has a closed form** (:data:`CLOSED_FORM`: the
+  weights' :class:`~.distributions.MaskedWeight` against the Gaussian prior, the learned
+  :class:`~.distributions.KeepMask` against the Bernoulli prior): the term is ``-KL(q ‖ p)``
+  (given the sampled values upstream, e.g. ``Z`` for ``q(W | Z)``), as in
+  :class:`~pyro.infer.TraceMeanField_ELBO`. The site's sample still flows, reparameterised, into
+  everything downstream of it (the likelihood; ``Z`` into ``q(W | Z)``).
 
-Everything else -- the prior on ``W``, the likelihood, any learnable or relaxed guide site -- goes
-through Pyro's usual ``compute_log_prob`` / ``compute_score_parts``. The ELBO value and the
-gradients are those of ``Trace_ELBO`` (up to floating-point summation order; tested), and the
-loss is read from the device once per particle instead of once per site.
+Everything else -- the likelihood, a flat prior, any other guide -- goes through Pyro's usual
+``compute_log_prob`` / ``compute_score_parts``. The ELBO and its gradients are those of
+``Trace_ELBO`` in expectation (for the point mass given ``Z`` exactly; tested), and the loss is
+read from the device once per particle instead of once per site.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from typing import Any
 
 import torch
 from pyro import poutine
-from pyro.distributions import Delta
 from pyro.distributions.score_parts import ScoreParts
 from pyro.distributions.util import is_identically_zero, scale_and_mask
 from pyro.infer import Trace_ELBO
@@ -33,8 +34,14 @@ from pyro.infer.trace_elbo import _compute_log_r
 from pyro.infer.util import is_validation_enabled, torch_item
 from pyro.poutine.util import prune_subsample_sites
 from pyro.util import check_if_enumerated, check_model_guide_match, check_site_shape, warn_if_nan
+from torch.distributions import kl_divergence
 
-__all__ = ["CancellingTrace_ELBO", "cancelling_sites"]
+from bayessparse.ppl.distributions import ActiveBernoulli, KeepMask, MaskedWeight
+
+__all__ = ["CLOSED_FORM", "CancellingTrace_ELBO", "cancelling_sites"]
+
+#: Guide distributions whose divergence from the model's prior is used in closed form.
+CLOSED_FORM = (ActiveBernoulli, KeepMask, MaskedWeight)
 
 
 def _requires_grad(fn: Any) -> bool:
@@ -46,15 +53,6 @@ def _requires_grad(fn: Any) -> bool:
                 return True
         fn = getattr(fn, "base_dist", None)
     return False
-
-
-def _is_own_location(site: dict) -> bool:
-    """A ``Delta`` site whose value is the Delta's own location (same storage, shape and strides)."""
-    fn, value = site["fn"], site["value"]
-    if not isinstance(fn, Delta) or not torch.is_tensor(value):
-        return False
-    v = fn.v
-    return value.data_ptr() == v.data_ptr() and value.shape == v.shape and value.stride() == v.stride()
 
 
 def cancelling_sites(model_trace: Any, guide_trace: Any) -> list[str]:
@@ -77,7 +75,7 @@ def cancelling_sites(model_trace: Any, guide_trace: Any) -> list[str]:
 
 
 class CancellingTrace_ELBO(Trace_ELBO):
-    """``Trace_ELBO`` without the work for terms that are exactly zero (see the module docstring).
+    """``Trace_ELBO`` with cancelling terms skipped and closed-form divergences (see the module docstring).
 
     Use exactly like ``Trace_ELBO``. Guides that are ``GuideMessenger`` s fall back to it.
     """
@@ -130,21 +128,32 @@ class CancellingTrace_ELBO(Trace_ELBO):
 
 
 def _fill_exact_terms(model_trace: Any, guide_trace: Any) -> None:
-    """Memoise the exactly-known log-probs so ``compute_log_prob`` / ``compute_score_parts`` skip them."""
+    """Memoise the exactly-known terms so ``compute_log_prob`` / ``compute_score_parts`` skip them."""
     for name in cancelling_sites(model_trace, guide_trace):
         m, g = model_trace.nodes[name], guide_trace.nodes[name]
         zero = torch.zeros((), device=g["value"].device)
         for site in (m, g):
             site["unscaled_log_prob"] = site["log_prob"] = site["log_prob_sum"] = zero
         g["score_parts"] = ScoreParts(log_prob=zero, score_function=0, entropy_term=0)
-    for g in guide_trace.nodes.values():
-        if g["type"] == "sample" and "score_parts" not in g and _is_own_location(g):
-            log_q = g["fn"].log_density.expand(g["fn"].batch_shape)
-            scaled = scale_and_mask(log_q, g["scale"], g["mask"])
-            g["unscaled_log_prob"] = log_q
-            g["log_prob"] = scaled
-            g["log_prob_sum"] = scaled.sum()
-            # reparameterised: the entropy term is log q itself (constant here, so no gradient)
-            g["score_parts"] = ScoreParts(log_prob=scaled, score_function=0, entropy_term=scaled)
-            if is_validation_enabled():
-                warn_if_nan(g["log_prob_sum"], f"log_prob_sum at site '{g['name']}'")
+    for name, g in guide_trace.nodes.items():
+        if g["type"] != "sample" or "score_parts" in g or not isinstance(g["fn"], CLOSED_FORM):
+            continue
+        m = model_trace.nodes.get(name)
+        if m is None or m["type"] != "sample" or m["is_observed"]:
+            continue
+        try:
+            kl = kl_divergence(g["fn"], m["fn"])
+        except NotImplementedError:
+            continue
+        # E_q[log p - log q] in closed form, given the sampled values of the sites upstream; the site's
+        # sample still flows (reparameterised) into everything downstream of it.
+        scaled = scale_and_mask(-kl, m["scale"], m["mask"])
+        m["unscaled_log_prob"] = -kl
+        m["log_prob"] = scaled
+        m["log_prob_sum"] = scaled.sum()
+        zero = torch.zeros_like(scaled)  # the site's batch shape (vectorised particles)
+        g["unscaled_log_prob"] = g["log_prob"] = zero
+        g["log_prob_sum"] = zero.sum()
+        g["score_parts"] = ScoreParts(log_prob=zero, score_function=0, entropy_term=0)
+        if is_validation_enabled():
+            warn_if_nan(m["log_prob_sum"], f"closed-form divergence at site '{name}'")

@@ -18,13 +18,14 @@ The run's training method keeps its role (:mod:`bayessparse.method`):
   For CigL these are :class:`~bayessparse.sparsity.random_mask.RandomMask`'s ``use_thinned_`` /
   ``merge_``: the step is restricted to the coordinates the step's ``Z`` keeps (dropped means
   keep their values; their momentum receives no gradient), CigL's update rule.
-* CigL's ``Z``: the guide's ``Z`` sites are latent ``Bernoulli(p)`` sites whose values come from
-  one fused draw of the method's ``RandomMask`` per step (:class:`DrawnLatents`), so the SVI
-  path sees the same random masks as the plain loop. ``RandomMask`` draws ``Z`` on the active
-  positions only, so the site values are ``Z ⊙ M``: on pruned positions ``Z`` multiplies a zero
-  weight and has no effect on anything.
+* CigL's ``Z``: the guide's ``Z`` sites sample ``q(Z) = p(Z) = Bernoulli(p₀)`` (Pyro draws them);
+  the values are handed to the method's ``RandomMask`` (:class:`LatentCapture`,
+  ``RandomMask.use_draw``) so that its step restriction knows which active weights were dropped.
+* a method with a ``variational`` attribute (``vcigl``) chooses the guide's family; it receives the
+  guide (``attach_guide``) to build its averaged output from the learned keep probabilities.
 
-With the same seed both engines produce the same weights (``tests/test_ppl_equivalence.py``).
+Given the same random masks (conditioned in the tests), both engines produce the same weights
+(``tests/test_ppl_equivalence.py``).
 """
 
 from __future__ import annotations
@@ -32,14 +33,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any, Callable
 
 import pyro
 import torch
 from pyro import poutine
 from pyro.infer import SVI
-from pyro.optim import PyroLRScheduler
+from pyro.optim import PyroOptim
 from pyro.poutine.messenger import Messenger
 from torch import Tensor
 
@@ -47,9 +48,10 @@ from bayessparse.errors import TrainingDiverged
 from bayessparse.method import TrainingMethod
 from bayessparse.ppl.elbo import CancellingTrace_ELBO
 from bayessparse.ppl.guide import SparseGuide
-from bayessparse.ppl.model import SparseNetModel, param_site, z_site
+from bayessparse.ppl.model import SparseNetModel, z_site
 
-__all__ = ["DenseGradients", "DrawnLatents", "PyroEngine", "ScheduledSGD", "StructuredSVI", "random_mask_draw"]
+__all__ = ["DenseGradients", "DrawnLatents", "LatentCapture", "PyroEngine", "ScheduledSGD", "StructuredSVI",
+           "random_mask_draw"]
 
 
 class DrawnLatents(Messenger):
@@ -67,6 +69,19 @@ class DrawnLatents(Messenger):
     def _pyro_sample(self, msg: dict) -> None:
         if msg["value"] is None and not msg["is_observed"] and msg["name"] in self.values:
             msg["value"] = self.values[msg["name"]]
+
+
+class LatentCapture(Messenger):
+    """Record the first value each of the named sample sites takes in a step (the guide's draw)."""
+
+    def __init__(self, names: list[str]) -> None:
+        super().__init__()
+        self.names = set(names)
+        self.values: dict[str, Tensor] = {}
+
+    def _pyro_post_sample(self, msg: dict) -> None:
+        if msg["name"] in self.names and msg["name"] not in self.values:
+            self.values[msg["name"]] = msg["value"]
 
 
 class DenseGradients(Messenger):
@@ -104,105 +119,118 @@ def random_mask_draw(random_mask: Any, weight_names: list[str]) -> Callable[[], 
     return draw
 
 
-class _PerParameterState(Mapping):
-    """``param -> optimizer state`` over a PyroOptim's per-parameter torch optimizers."""
+class ScheduledSGD(PyroOptim):
+    """The plain loop's optimizer as a :class:`~pyro.optim.PyroOptim`: one SGD over every parameter.
 
-    def __init__(self, optim_objs: dict) -> None:
-        self._objs = optim_objs
-
-    def __getitem__(self, param: Tensor) -> dict:
-        scheduler = self._objs.get(param)
-        state = None if scheduler is None else scheduler.optimizer.state.get(param)
-        if state is None:
-            raise KeyError(param)
-        return state
-
-    def __iter__(self) -> Iterator[Tensor]:
-        return (p for p, s in self._objs.items() if p in s.optimizer.state)
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-class ScheduledSGD(PyroLRScheduler):
-    """``pyro.optim.LambdaLR`` over ``torch.optim.SGD``: the plain loop's optimizer, the Pyro way.
-
-    One SGD (momentum, optional Nesterov, no weight decay) and one ``LambdaLR`` per parameter, as
-    for every :class:`~pyro.optim.PyroOptim`; :meth:`step` advances the learning-rate schedules.
-    Adds the surface the training methods use on a torch optimizer: ``state`` (``param ->`` its
+    A stock ``PyroOptim`` keeps one torch optimizer (and one scheduler) per parameter and steps them
+    one by one; on a small network that per-parameter Python is a visible share of a training step.
+    This one keeps a single ``torch.optim.SGD`` (momentum, optional Nesterov, no weight decay: the
+    prior is the decay) and a single ``LambdaLR`` over all parameters, registered on the first call;
+    each call steps the parameters that received a gradient. :meth:`step` advances the schedule.
+    It has the surface the training methods use on a torch optimizer: ``state`` (``param ->`` its
     momentum buffer, which mask updates zero where the structure changed), ``zero_grad``,
-    ``state_dict`` / ``load_state_dict`` (keyed by param-store name, evaluated in ``scope``).
+    ``state_dict`` / ``load_state_dict`` (parameters identified by param-store name, in ``scope``).
     """
 
     def __init__(self, lr: float, momentum: float, nesterov: bool, lr_lambda: Callable[[int], float],
                  scope: Callable[[], contextlib.AbstractContextManager]) -> None:
-        super().__init__(
-            torch.optim.lr_scheduler.LambdaLR,
-            {
-                "optimizer": torch.optim.SGD,
-                "optim_args": {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0},
-                "lr_lambda": lr_lambda,
-            },
-        )
+        super().__init__(torch.optim.SGD, {"lr": lr, "momentum": momentum, "nesterov": nesterov, "weight_decay": 0.0})
+        self.lr_lambda = lr_lambda
         self._scope = scope
+        self.optimizer: torch.optim.SGD | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._registered: set[int] = set()
+
+    def __call__(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        params = list(params)
+        if self.optimizer is None:
+            self.optimizer = torch.optim.SGD(params, **self.pt_optim_args)
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.lr_lambda)
+            self._registered = {id(p) for p in params}
+        elif any(id(p) not in self._registered for p in params):
+            raise ValueError("ScheduledSGD: a parameter appeared after the optimizer was built; register every "
+                             "parameter on the first call")
+        if any(p.grad is not None for p in params):
+            self.optimizer.step()
+
+    def step(self) -> None:
+        """Advance the learning-rate schedule (once per training step)."""
+        if self.scheduler is not None:
+            self.scheduler.step()
 
     @property
     def state(self) -> Mapping[Tensor, dict]:
-        return _PerParameterState(self.optim_objs)
+        return self.optimizer.state if self.optimizer is not None else {}
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        for p in self.optim_objs:
-            if set_to_none:
-                p.grad = None
-            elif p.grad is not None:
-                p.grad.zero_()
+        if self.optimizer is not None:
+            self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def _names(self) -> list[str]:
+        store = pyro.get_param_store()
+        return [store.param_name(p) for p in self.optimizer.param_groups[0]["params"]]
 
     def state_dict(self) -> dict[str, Any]:
         with self._scope():
-            return self.get_state()
+            return {"names": self._names(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         with self._scope():
-            store = pyro.get_param_store()
-            names = {store.param_name(p): p for p in self.optim_objs}
-            if set(names) != set(state):
-                raise ValueError(f"optimizer state names {sorted(state)} do not match the parameters {sorted(names)}")
-            for name, p in names.items():
-                scheduler = self.optim_objs[p]
-                scheduler.load_state_dict(state[name]["scheduler"])
-                scheduler.optimizer.load_state_dict(state[name]["optimizer"])
+            if "names" not in state or state["names"] != self._names():
+                raise ValueError(f"optimizer state names {state.get('names')} do not match the parameters "
+                                 f"{self._names()}")
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def get_state(self) -> dict[str, Any]:
+        return self.state_dict()
+
+    def set_state(self, state_dict: dict[str, Any]) -> None:
+        self.load_state_dict(state_dict)
 
 
 class StructuredSVI(SVI):
     """:class:`pyro.infer.SVI` whose step also runs a training method's structure hooks.
 
-    ``step(*args, t=t)`` is ``SVI.step`` (loss and gradients, optimizer, clear gradients) with:
-    optional latent values drawn before the step (``draw``), and the method's hooks -- on a
-    structure-update step ``t`` the guide's structure moves and no optimizer step is taken,
-    otherwise ``method.before_optimizer_step()`` / ``after_optimizer_step()`` frame the step.
-    A non-finite loss raises :class:`~bayessparse.errors.TrainingDiverged` before anything moves.
+    ``step(*args, t=t)`` is ``SVI.step`` (loss and gradients, optimizer, clear gradients) with the
+    method's hooks: on a structure-update step ``t`` the guide's structure moves and no optimizer
+    step is taken, otherwise ``method.before_optimizer_step()`` / ``after_optimizer_step()`` frame
+    the step. ``draw`` (tests) conditions the guide's latent sites on values drawn elsewhere. A
+    non-finite loss raises :class:`~bayessparse.errors.TrainingDiverged` before anything moves.
     """
 
-    def __init__(self, model: Callable, guide: SparseGuide, optim: ScheduledSGD, loss: Any, method: TrainingMethod,
-                 *, scale: float = 1.0, draw: Callable[[], Mapping[str, Tensor]] | None = None) -> None:
-        super().__init__(poutine.scale(model, scale=scale), poutine.scale(guide, scale=scale), optim, loss)
+    def __init__(self, model: Callable, guide: SparseGuide, optim: Any, loss: Any, method: TrainingMethod,
+                 *, draw: Callable[[], Mapping[str, Tensor]] | None = None) -> None:
+        super().__init__(model, guide, optim, loss)
         self.structured_guide = guide
         self.method = method
         self.draw = draw
+        self.random_mask = getattr(method, "random_mask", None)
+        self.z_names = [z_site(n) for n in guide.weight_names]
+        self._params: list[Tensor] | None = None
 
     def step(self, *args: Any, t: int, **kwargs: Any) -> float:
         update = self.method.wants_update(t)
         values = self.draw() if self.draw is not None else {}
         dense = DenseGradients() if update else contextlib.nullcontext()
-        with poutine.trace(param_only=True) as param_capture, DrawnLatents(values), dense:
+        drawn = LatentCapture(self.z_names) if self.random_mask is not None else contextlib.nullcontext()
+        given = DrawnLatents(values) if values else contextlib.nullcontext()
+        # The parameters are the same at every step: SVI.step traces them each time, this step once.
+        capture = poutine.trace(param_only=True) if self._params is None else contextlib.nullcontext()
+        with capture as param_capture, given, drawn, dense:
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
-        params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
+        if self._params is None:
+            self._params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]
+        params = self._params
         try:
             if not math.isfinite(loss):
                 raise TrainingDiverged(f"loss became {loss}")
             if update:
                 self.structured_guide.update_structure(self.method, t, dense.grads, self.optim)
             else:
+                if self.random_mask is not None and not values:
+                    self.random_mask.use_draw([drawn.values[z] for z in self.z_names])
                 self.method.before_optimizer_step()
                 self.optim(params)
                 self.method.after_optimizer_step()
@@ -243,21 +271,53 @@ class PyroEngine:
     def bind(self, method: TrainingMethod) -> "PyroEngine":
         """Build model, guide, ELBO and SVI for ``method``; register the parameters and their optimizers."""
         random_mask = getattr(method, "random_mask", None)
-        keep = random_mask.keep if random_mask is not None else 1.0
-        self.model = SparseNetModel(self.net, self.num_data, self.cfg.weight_decay, keep_prob=keep)
-        self.guide = SparseGuide(self.model, getattr(method, "masks", None))
-        draw = None
-        if random_mask is not None:
-            names = self.model.weight_names
-            if [id(w) for w in random_mask.weights] != [id(self.guide.means[n]) for n in names]:
-                raise ValueError("the random mask's weights are not the guide's means, in order")
-            draw = random_mask_draw(random_mask, names)
-        self.svi = StructuredSVI(self.model, self.guide, self.optimizer, CancellingTrace_ELBO(), method,
-                                 scale=1.0 / self.num_data, draw=draw)
+        variational = dict(getattr(method, "variational", {}))
+        keep = variational.pop("prior_keep", random_mask.keep if random_mask is not None else 1.0)
+        self.model = SparseNetModel(self.net, self.num_data, self.cfg.weight_decay, keep_prob=keep, name="net")
+        self.guide = SparseGuide(self.model, getattr(method, "masks", None), **variational)
+        if random_mask is not None and [id(w) for w in random_mask.weights] != [
+                id(self.guide.means[n]) for n in self.model.weight_names]:
+            raise ValueError("the random mask's weights are not the guide's means, in order")
+        if hasattr(method, "attach_guide"):
+            method.attach_guide(self.guide, self.scope)
+        self.svi = StructuredSVI(self.model, self.guide, self.optimizer, CancellingTrace_ELBO(), method)
         with self.scope():
-            params = [pyro.param(param_site(name), p) for name, p in self.net.named_parameters()]
-            self.optimizer(params)  # creates every parameter's SGD and LambdaLR now (no gradients: no step)
+            for n, p in self.net.named_parameters():  # the network's own tensors are the params
+                pyro.param(self.model.param_name(n), p)
+            cuda = [d for d in {p.device for p in self.net.parameters()} if d.type == "cuda"]
+            with torch.random.fork_rng(devices=cuda), poutine.block():
+                self.guide()  # creates the guide's own params (scales, keep logits), drawing nothing global
+            store = pyro.get_param_store()
+            # every parameter's SGD and LambdaLR now (no gradients: no step)
+            self.optimizer([pyro.param(k).unconstrained() for k in store.keys()])
         return self
+
+    def _own_params(self) -> list[str]:
+        """Param-store names of the guide's own parameters (not tensors of the network): scales, keep logits."""
+        network = {self.model.param_name(n) for n, _ in self.net.named_parameters()}
+        with self.scope():
+            return [k for k in pyro.get_param_store().keys() if k not in network]
+
+    def own_params(self) -> dict[str, tuple[Tensor, Any]]:
+        """The guide's own parameters: ``name -> (constrained value, constraint)`` (detached copies)."""
+        with self.scope():
+            store = pyro.get_param_store()
+            return {k: (store[k].detach().clone(), store._constraints[k]) for k in self._own_params()}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The guide's own parameters (unconstrained), by param-store name; the network's are the model's."""
+        with self.scope():
+            store = pyro.get_param_store()
+            return {k: store._params[k].detach().clone() for k in self._own_params()}
+
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        own = self._own_params()
+        if set(own) != set(state):
+            raise ValueError(f"engine state names {sorted(state)} do not match the guide's parameters {sorted(own)}")
+        with self.scope(), torch.no_grad():
+            store = pyro.get_param_store()
+            for k in own:
+                store._params[k].copy_(state[k])
 
     def step(self, run: Any, x: Tensor, y: Tensor) -> float:
         """One SVI step on the mini-batch, the lr schedule, ``run.step``; returns the negative per-example ELBO."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -32,9 +33,7 @@ def zero_optimizer_state_(optimizer: torch.optim.Optimizer | None, param: torch.
     """Zero, at the positions ``where`` (bool, shaped like ``param``), every tensor of ``optimizer.state[param]``
     that has ``param``'s shape (SGD ``momentum_buffer``; Adam ``exp_avg`` / ``exp_avg_sq``; ...). Scalars such as
     Adam's ``step`` are left alone. Returns the number of tensors touched."""
-    if optimizer is None:
-        return 0
-    state = optimizer.state.get(param)
+    state = _optimizer_state(optimizer, param)
     if not state:
         return 0
     touched = 0
@@ -43,6 +42,22 @@ def zero_optimizer_state_(optimizer: torch.optim.Optimizer | None, param: torch.
             value.masked_fill_(where.to(value.device), 0)
             touched += 1
     return touched
+
+
+def _optimizer_state(optimizer: Any, param: torch.Tensor) -> dict | None:
+    """``param``'s state in a torch optimizer, or in a Pyro ``PyroOptim`` (one torch optimizer, or one
+    learning-rate scheduler around one, per parameter in ``optim_objs``)."""
+    if optimizer is None:
+        return None
+    if hasattr(optimizer, "state"):
+        return optimizer.state.get(param)
+    per_param = getattr(optimizer, "optim_objs", None)
+    if per_param is None:
+        raise TypeError(f"cannot find per-parameter state in a {type(optimizer).__name__}")
+    obj = per_param.get(param)
+    if obj is None:
+        return None
+    return getattr(obj, "optimizer", obj).state.get(param)
 
 
 class MaskUpdater:

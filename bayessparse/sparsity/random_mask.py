@@ -79,6 +79,15 @@ class RandomMask:
         self._zero_dropped([w.data for w in self.weights])
 
     @torch.no_grad()
+    def use_draw(self, kept: list[torch.Tensor]) -> None:
+        """Take ``Z`` drawn elsewhere (the Pyro engine's guide draws it): per layer a 0/1 tensor shaped
+        like the weight; the dropped entries are the active ones where it is 0. The weights are not
+        thinned (the caller's forward multiplied by ``Z`` itself); :meth:`use_thinned_` / :meth:`merge_`
+        then restrict the step as after :meth:`thin_`."""
+        self.dropped = [a[k.detach().reshape(-1)[a] == 0] for a, k in zip(self.active, kept)]
+        self._saved = [w.view(-1)[d] for w, d in zip(self.weights, self.dropped)]
+
+    @torch.no_grad()
     def restore_(self) -> None:
         """Write the dropped weights' values back."""
         for w, d, v in zip(self.weights, self.dropped, self._saved):

@@ -31,6 +31,7 @@ from bayessparse.study.report import (
     calibration_section,
     corruption_section,
     drop_rate_section,
+    variational_section,
     dst_ee_section,
     freetickets_section,
     imp_section,
@@ -115,6 +116,7 @@ def _report(spec: StudySpec, root: Path, scores: dict, figures: Path, command: s
             "CPU-scale numbers on embedded data; the paper-scale CIFAR configs are `experiments/cifar*.yaml`. "
             "Intervals are 95 % Student-t confidence intervals over seeds; method differences are paired by seed.")
     drop_rate_section(rep, default_rate)
+    variational_section(rep, TrainConfig().keep_prior)
     calibration_section(rep)
     reliability_section(rep, _predictions(spec, root))
     corruption_section(rep)

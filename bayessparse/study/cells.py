@@ -48,7 +48,12 @@ class Cell:
 #: config fields that only some methods read; the others' folders do not depend on them
 METHOD_FIELDS = {
     "drop_rate": ("cigl", "cigl-pa", "rigl-wdp"),
-    "averaging_start": ("cigl", "cigl-pa"),
+    "averaging_start": ("cigl", "cigl-pa", "vcigl"),
+    "guide": ("vcigl",),
+    "keep_prior": ("vcigl",),
+    "keep_init": ("vcigl",),
+    "keep_shape": ("vcigl",),
+    "keep_temperature": ("vcigl",),
     "explore_c": ("dst-ee",),
 }
 
@@ -122,6 +127,7 @@ def _score_run(cell: Cell, folder: Path) -> dict[str, Any]:
                 predict, extra["temperature"] = P.temperature_scaled(run, base)
             else:
                 predict, extra["samples"] = P.mc_predictor(run, model, cell.mc_samples), cell.mc_samples
+            extra.update(run.method.summary())  # e.g. vcigl's learned keep probabilities
             scores[p] = {**P.scorecard(run, predict, corruptions=cell.corruptions, ood=cell.ood), **extra}
         write_json(folder / SCORES, scores)
     return scores

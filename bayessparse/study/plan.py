@@ -51,6 +51,14 @@ def drop_rate_cells(spec: StudySpec, root: Path) -> list[Cell]:
     return cells
 
 
+def variational_cells(spec: StudySpec, root: Path) -> list[Cell]:
+    v, d = spec.variational, spec.drop_rate
+    if v is None:
+        return []
+    return [row_cell(spec, root, setup, "vcigl", s, seed, keep_prior=prior)
+            for setup in d.setups for s in d.sparsities for seed in spec.seeds for prior in v.priors]
+
+
 def freetickets_cells(spec: StudySpec, root: Path) -> dict[str, list[Cell]]:
     """Row name -> one cell per seed: a dense model, a dense ensemble, DST and EDST ensembles."""
     f = spec.freetickets
@@ -87,7 +95,7 @@ def imp_cells(spec: StudySpec, root: Path) -> dict[tuple[str, float], list[Cell]
 
 def plan(spec: StudySpec, root: Path) -> list[Cell]:
     """Every cell of the study, merged; the cheapest kinds first so that early tables fill in soon."""
-    cells = calibration_cells(spec, root) + drop_rate_cells(spec, root)
+    cells = calibration_cells(spec, root) + drop_rate_cells(spec, root) + variational_cells(spec, root)
     cells += [c for cs in freetickets_cells(spec, root).values() for c in cs]
     cells += [c for cs in imp_cells(spec, root).values() for c in cs]
     return merge(cells)

@@ -304,6 +304,63 @@ def _drop_rate_choice(rep: Report, found: list[dict], default_rate: float) -> No
                f", which differs from the library's default {default_rate:g}: the default is stale."))
 
 
+# ------------------------------------------------------------------------------------------ variational CigL
+
+#: vcigl's target: ECE within this factor of the best tuned CigL's, at accuracy ≥ RigL − ACCURACY_SLACK.
+VCIGL_ECE_FACTOR = 1.1
+
+
+def variational_section(rep: Report, default_prior: float) -> None:
+    v, d = rep.spec.variational, rep.spec.drop_rate
+    if v is None:
+        return
+    rep.add("## Variational CigL: learned keep probabilities",
+            "vCigL (`--method vcigl`, beyond the paper) learns the keep probability of the random mask by SVI "
+            "(Concrete dropout on the active weights, docs/theory.md) under a prior `Z ~ Bernoulli(p₀)`; the prior's "
+            "`p₀` is swept. The reference is the *best tuned* CigL: the drop rate of the sweep above with the lowest "
+            f"mean ECE at that setting. Target: ECE(vCigL) ≤ {VCIGL_ECE_FACTOR} × ECE(best CigL) at accuracy ≥ "
+            f"RigL − {ACCURACY_SLACK * 100:g} points. The library's default prior is **p₀ = {default_prior:g}** "
+            "(bayessparse.config.TrainConfig.keep_prior).")
+    found = []
+    for setup in d.setups:
+        rows = []
+        for s in d.sparsities:
+            rigl = {m: rep.row_values(setup, "rigl", s, test_metric(m)) for m in ("accuracy", "ece")}
+            tuned = {r: {m: rep.row_values(setup, "cigl", s, test_metric(m), drop_rate=r) for m in ("accuracy", "ece")}
+                     for r in d.rates}
+            best = min(d.rates, key=lambda r: interval(tuned[r]["ece"]).mean)
+            rows.append([_pct(s), "RigL", interval(rigl["accuracy"]).format(4), interval(rigl["ece"]).format(4),
+                         "", "", "", ""])
+            rows.append([_pct(s), f"CigL, best drop {best:g}", interval(tuned[best]["accuracy"]).format(4),
+                         interval(tuned[best]["ece"]).format(4), "", "", "", ""])
+            for prior in v.priors:
+                acc = rep.row_values(setup, "vcigl", s, test_metric("accuracy"), keep_prior=prior)
+                ece = rep.row_values(setup, "vcigl", s, test_metric("ece"), keep_prior=prior)
+                keep = rep.row_values(setup, "vcigl", s, lambda card: card["keep_probability"], keep_prior=prior)
+                d_acc = paired_difference(acc, rigl["accuracy"])
+                ratio = interval(ece).mean / max(interval(tuned[best]["ece"]).mean, 1e-12)
+                meets = ratio <= VCIGL_ECE_FACTOR and d_acc.mean >= -ACCURACY_SLACK
+                found.append({"setup": setup, "sparsity": s, "prior": prior, "ratio": ratio, "d_acc": d_acc.mean,
+                              "meets": meets})
+                rows.append([_pct(s), f"vCigL, p₀ = {prior:g}", interval(acc).format(4), interval(ece).format(4),
+                             interval(keep).format(4), d_acc.format(4), f"{ratio:.2f}", "yes" if meets else "no"])
+        cfg = rep.spec.config(setup)
+        rep.add(f"### {setup}: {cfg.data}, {cfg.model}, {cfg.epochs} epochs",
+                table(["sparsity", "method", "accuracy", "ECE", "learned keep probability", "Δ accuracy vs RigL",
+                       "ECE / best CigL", "target met"], rows))
+    main = d.setups[0]
+    at_main = {p: [f for f in found if f["prior"] == p and f["setup"] == main] for p in v.priors}
+    keeping = [p for p in v.priors if sum(f["d_acc"] for f in at_main[p]) >= 0] or list(v.priors)
+    chosen = min(keeping, key=lambda p: max(f["ratio"] for f in at_main[p]))
+    met = [f for f in found if f["meets"]]
+    rep.claim("vCigL within 1.1 × the best tuned CigL's ECE at RigL's accuracy",
+              f"met in {len(met)} of {len(found)} settings")
+    rep.add(f"The target is met in {len(met)} of {len(found)} settings. Rule for the default prior: on {main}, among "
+            "the priors that do not lower the mean accuracy below RigL's, the smallest worst-case ECE ratio to the best "
+            f"tuned CigL; it picks **p₀ = {chosen:g}**" + (", the library's default." if chosen == default_prior else
+                                                          f", which differs from the library's default {default_prior:g}."))
+
+
 # ------------------------------------------------------------------------------------------ DST-EE
 
 

@@ -33,4 +33,7 @@ ROWS: dict[str, Row] = {
     "cigl": Row("CigL", "cigl", about="RigL's M, per-step Z, mask-based weight averaging"),
     "cigl-noz": Row("CigL w/o Z", "cigl", {"drop_rate": 0.0}, about="ablation: weight averaging without Z"),
     "cigl-pa": Row("CigL w/o WA", "cigl-pa", about="ablation: the snapshots' predictions averaged, not their weights"),
+    "vcigl": Row("vCigL", "vcigl", about="beyond the paper: keep probabilities learned by SVI, averaged network"),
+    "vcigl+mc": Row("vCigL + MC", "vcigl", predict="mc",
+                    about="the vCigL runs, test-time mean over S draws of the learned q(Z)"),
 }

@@ -12,6 +12,7 @@ Layout of the file (every section but ``seeds`` and ``base`` may be left out)::
       corruptions: [cnn1d]                # setups also scored under the corruption suite
       reliability: {setup: cnn1d, sparsity: 0.95}
     drop_rate: {setups: [cnn1d], rates: [0.01, ...], sparsities: [0.9, 0.95]}
+    variational: {priors: [0.95, 0.99]}   # vcigl's prior keep probabilities, on drop_rate's setups and sparsities
     freetickets: {setup: cnn1d, sparsity: 0.9, members: 3, method: rigl}
     imp: [{name: synthetic, config: {...}, widths: [0.5, 1, 2], rounds: 26, prune_fraction: 0.2}]
 
@@ -29,7 +30,7 @@ from bayessparse.config import TrainConfig, read_yaml, resolve
 from bayessparse.errors import ConfigError
 from bayessparse.study.rows import ROWS
 
-SECTIONS = ("seeds", "base", "mc_samples", "calibration", "drop_rate", "freetickets", "imp")
+SECTIONS = ("seeds", "base", "mc_samples", "calibration", "drop_rate", "variational", "freetickets", "imp")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class DropRate:
     setups: tuple[str, ...]
     rates: tuple[float, ...]
     sparsities: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class Variational:
+    priors: tuple[float, ...]  # vcigl's keep_prior values, swept on the drop-rate section's setups and sparsities
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,7 @@ class StudySpec:
     mc_samples: int = 16
     calibration: Calibration | None = None
     drop_rate: DropRate | None = None
+    variational: Variational | None = None
     freetickets: FreeTickets | None = None
     imp: tuple[IMPStudy, ...] = field(default_factory=tuple)
 
@@ -146,6 +153,14 @@ def _drop_rate(raw: Any, calibration: Calibration | None) -> DropRate:
                     _numbers(d["sparsities"], "drop_rate.sparsities", float, 0.0, 1.0))
 
 
+def _variational(raw: Any, drop: DropRate | None) -> Variational:
+    v = _mapping(raw, "variational")
+    _keys(v, "variational", ("priors",), ("priors",))
+    if drop is None:
+        raise ConfigError("study field 'variational' needs the 'drop_rate' section (its tuned CigL and RigL runs)")
+    return Variational(_numbers(v["priors"], "variational.priors", float, 1e-9, 1.0))
+
+
 def _freetickets(raw: Any, calibration: Calibration | None) -> FreeTickets:
     f = _mapping(raw, "freetickets")
     _keys(f, "freetickets", ("setup", "sparsity", "members", "method"), ("setup", "sparsity"))
@@ -186,6 +201,7 @@ def read_spec(path: str | Path) -> StudySpec:
     mc = _numbers(raw.get("mc_samples", 16), "mc_samples", int, 1)[0]
     calibration = _calibration(raw["calibration"], base) if raw.get("calibration") is not None else None
     drop = _drop_rate(raw["drop_rate"], calibration) if raw.get("drop_rate") is not None else None
+    variational = _variational(raw["variational"], drop) if raw.get("variational") is not None else None
     tickets = _freetickets(raw["freetickets"], calibration) if raw.get("freetickets") is not None else None
     imp = _imp(raw["imp"], base) if raw.get("imp") is not None else ()
-    return StudySpec(str(path), seeds, base, mc, calibration, drop, tickets, imp)
+    return StudySpec(str(path), seeds, base, mc, calibration, drop, variational, tickets, imp)
