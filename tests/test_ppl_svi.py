@@ -154,3 +154,24 @@ def test_cli_train_with_the_pyro_engine_matches_the_plain_engine(tmp_path, capsy
         assert records["plain"][key] == records["pyro"][key], key
     assert main(["train", "--engine", "stan", "--out", str(tmp_path / "x")]) == 2
     assert main(["train", "--method", "vcigl", "--engine", "plain", "--out", str(tmp_path / "y")]) == 2
+
+
+def test_cli_train_and_evaluate_vcigl(tmp_path, capsys):
+    """``bayessparse train --method vcigl`` runs on the Pyro engine without being told, records the learned keep
+    probabilities, and its saved run gives the Monte-Carlo predictive over the learned q(Z)."""
+    out = tmp_path / "vcigl"
+    flags = ["train", "--data", "digits", "--model", "mlp", "--method", "vcigl", "--epochs", "2", "--no-progress"]
+    assert main([*flags, "--set", "keep_init=0.9", "--out", str(out)]) == 0
+    assert "vcigl on digits: accuracy" in capsys.readouterr().out
+    record = json.loads((out / "metrics.json").read_text())
+    config = (out / "config.yaml").read_text()
+    assert "engine: pyro" in config and "keep_prior: 0.99" in config
+    keep = record["keep_probabilities"]
+    assert set(keep) == {"features.1.weight", "features.3.weight", "classifier.weight"}
+    # started at 0.9, pulled towards the prior's 0.99 (and by the data): every layer moved
+    assert all(abs(p - 0.9) > 1e-3 for p in keep.values()), keep
+    assert record["keep_probability"] == pytest.approx(sum(keep.values()) / len(keep))
+    assert record["accuracy"] > 0.5
+    assert main(["evaluate", str(out), "--samples", "4", "--no-progress"]) == 0
+    evaluated = json.loads((out / "eval.json").read_text())
+    assert evaluated["mc_predictive"]["keep_probability"] == pytest.approx(record["keep_probability"], abs=1e-6)

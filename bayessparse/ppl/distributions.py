@@ -240,7 +240,6 @@ class KeepMask(TorchDistribution):
     """
 
     arg_constraints: dict = {}
-    support = constraints.boolean
     has_rsample = True
 
     def __init__(self, logits: Tensor, temperature: float, prior_probs: float, active: Tensor | None,
@@ -253,7 +252,7 @@ class KeepMask(TorchDistribution):
         super().__init__(torch.Size(batch_shape), torch.Size(shape), validate_args=validate_args)
 
     @property
-    def support(self) -> constraints.Constraint:  # type: ignore[override]
+    def support(self) -> constraints.Constraint:
         return constraints.independent(constraints.boolean, len(self.event_shape))
 
     @property

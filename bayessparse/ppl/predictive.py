@@ -116,7 +116,8 @@ def keep_probabilities(run: Any) -> dict[str, Tensor | float]:
     """``E_q[Z]`` per prunable layer of a run: learned (``vcigl``), ``p`` (CigL) or 1 (no random mask)."""
     guide = getattr(run.engine, "guide", None)
     if guide is not None and guide.keep == "learned":
-        return guide.keep_probabilities()
+        with run.engine.scope():  # the learned logits live in the run's own param store
+            return guide.keep_probabilities()
     keep = keep_probability(run)
     return {name: keep for name in prunable_weights(run.model)}
 
@@ -125,7 +126,7 @@ def keep_probability(run: Any) -> float:
     """``p`` of the run's random mask (CigL), the mean learned keep probability (``vcigl``), 1 otherwise."""
     guide = getattr(run.engine, "guide", None)
     if guide is not None and guide.keep == "learned":
-        probs = guide.keep_probabilities()
+        probs = keep_probabilities(run)
         return float(torch.stack([p.mean() for p in probs.values()]).mean())
     random_mask = getattr(run.method, "random_mask", None)
     return float(random_mask.keep) if random_mask is not None else 1.0
