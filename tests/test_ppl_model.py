@@ -250,7 +250,7 @@ def test_learnable_relaxed_keep_probability():
     model = SparseNetModel(net, N, WD, keep_prob=0.8, name="learn")
     guide = SparseGuide(model, keep="learned", temperature=0.5)
     x, y = _data(32)
-    key = "learn.keep_logit.classifier"
+    key = "learn.keep_prob.classifier"
     grads = []
     for elbo in (pyro.infer.Trace_ELBO(), CancellingTrace_ELBO()):
         with pyro.get_param_store().scope():

@@ -115,7 +115,7 @@ def test_resume_from_a_middle_checkpoint_is_exact(tmp_path, method, monkeypatch)
     for name, value in a["engine"].items():  # vcigl: the keep logits
         assert torch.equal(value, b["engine"][name]), name
     if method == "vcigl":
-        assert a["engine"] and all(".keep_logit." in k for k in a["engine"])
+        assert a["engine"] and all(".keep_prob." in k for k in a["engine"])
     assert full["accuracy"] == resumed["accuracy"] and full["nll"] == resumed["nll"]
 
 

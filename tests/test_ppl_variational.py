@@ -364,14 +364,16 @@ def test_vcigl_learns_the_keep_probabilities_and_draws_z_from_q(mnist1d):
     assert max(moved.values()) > 5e-3
     for name, w in prunable_weights(run.model).items():  # E_q[Z ⊙ W] = sigmoid(θ)·M⊙U
         torch.testing.assert_close(expected[name], keep[name] * run.method.masks.masks[name] * w.detach())
-    assert set(run.engine.state_dict()) == {f"net.keep_logit.{n.rsplit('.', 1)[0]}" for n in names}
+    assert set(run.engine.state_dict()) == {f"net.keep_prob.{n.rsplit('.', 1)[0]}" for n in names}
 
 
 @pytest.mark.parametrize("keep_shape", ["layer", "unit"])
 def test_vcigl_keep_logit_gradient_is_the_kl_derivative(mnist1d, keep_shape):
     """Without likelihood and with the flat prior the ELBO's only θ term is -(1/N)·KL(q(Z) ‖ p(Z)):
 
-    ∂loss/∂θ = (count/N)·q(1-q)·[log(q/p₀) - log((1-q)/(1-p₀))], count = active positions θ governs.
+    ∂loss/∂θ = (count/N)·q(1-q)·[log(q/p₀) - log((1-q)/(1-p₀))], count = active positions θ governs,
+
+    times ∂θ/∂u for the stored unconstrained parameter u (q = floor + (1 - floor)·sigmoid(u), θ = logit q).
     """
     # Catches: a wrong p₀ in the guide's / model's Z factors (the engine's keep_prior not reaching them),
     # `active` dropped from the KL counts, per-unit counts taken per layer, the 1/N scale missing.
@@ -385,12 +387,15 @@ def test_vcigl_keep_logit_gradient_is_the_kl_derivative(mnist1d, keep_shape):
         CancellingTrace_ELBO().loss_and_grads(poutine.block(model, hide=["obs"]), guide, x, y)
         store = pyro.get_param_store()
         for name in model.weight_names:
-            theta = store._params[model.param_name(f"keep_logit.{name.rsplit('.', 1)[0]}")]
+            theta = store._params[model.param_name(f"keep_prob.{name.rsplit('.', 1)[0]}")]
             m = run.method.masks.masks[name]
             count = m.sum() if keep_shape == "layer" else m.sum(1, keepdim=True)
             assert theta.shape == (() if keep_shape == "layer" else (m.shape[0], 1))
             dkl_dq = math.log(q0 / p0) - math.log((1 - q0) / (1 - p0))
-            expected = (count / n * q0 * (1 - q0) * dkl_dq).expand(theta.shape)
+            floor = guide.keep_floor
+            s_u = (q0 - floor) / (1 - floor)
+            dtheta_du = (1 - floor) * s_u * (1 - s_u) / (q0 * (1 - q0))
+            expected = (count / n * q0 * (1 - q0) * dkl_dq * dtheta_du).expand(theta.shape)
             torch.testing.assert_close(theta.grad, expected, rtol=1e-4, atol=0)
             theta.grad = None
 
@@ -426,7 +431,7 @@ def test_vectorised_particles(elbo_class, family, keep):
     for name, w in prunable_weights(net).items():
         assert w.grad[masks.masks[name] == 1].abs().sum() > 0 and torch.all(w.grad[masks.masks[name] == 0] == 0)
     if keep == "learned":
-        assert any(k.startswith(f"{model.name}.keep_logit.") and g.abs().sum() > 0 for k, g in grads.items())
+        assert any(k.startswith(f"{model.name}.keep_prob.") and g.abs().sum() > 0 for k, g in grads.items())
 
 
 @pytest.mark.parametrize("family,keep", FAMILIES)

@@ -19,6 +19,7 @@ package's ELBO use them; :class:`pyro.infer.Trace_ELBO` estimates the same terms
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -37,6 +38,13 @@ _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 def _event_dims(n: int) -> tuple[int, ...]:
     return tuple(range(-n, 0))
+
+
+def _batched(value: Tensor, *shapes: torch.Size) -> Tensor:
+    """``value`` expanded to the broadcast of its shape and ``shapes`` (a no-op without batch dimensions)."""
+    if all(len(s) == 0 for s in shapes):
+        return value
+    return value.expand(torch.broadcast_shapes(value.shape, *shapes))
 
 
 class IsotropicNormal(TorchDistribution):
@@ -84,7 +92,7 @@ class IsotropicNormal(TorchDistribution):
         else:
             squares = value.pow(2).sum(_event_dims(len(self.event_shape)))
         log_p = -0.5 * squares / self.scale**2 - n * (math.log(self.scale) + _HALF_LOG_2PI)
-        return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+        return _batched(log_p, self.batch_shape)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> "IsotropicNormal":
         return IsotropicNormal(self.scale, self.event_shape, batch_shape, device=self._device, dtype=self._dtype,
@@ -151,7 +159,7 @@ class BernoulliMask(TorchDistribution):
         n = math.prod(self.event_shape)
         k = value.sum(_event_dims(len(self.event_shape)))
         log_p = k * math.log(self.probs) + (n - k) * math.log1p(-self.probs)
-        return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+        return _batched(log_p, self.batch_shape)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> "BernoulliMask":
         return BernoulliMask(self.probs, self.event_shape, batch_shape, device=self._device, dtype=self._dtype)
@@ -181,13 +189,17 @@ class ActiveBernoulli(TorchDistribution):
         return constraints.independent(constraints.boolean, len(self.event_shape))
 
     def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        outer = self._extended_shape(sample_shape)[: -len(self.event_shape) or None]
         n = math.prod(self.event_shape)
         device = self.active_index.device
         with torch.no_grad():
+            if not sample_shape and not self.batch_shape:  # the training step: one draw, flat indexing
+                z = torch.ones(n, device=device, dtype=self._dtype)
+                kept = torch.rand(len(self.active_index), device=device, dtype=self._dtype).lt_(self.probs)
+                return z.index_put_((self.active_index,), kept).view(self.event_shape)
+            outer = self._extended_shape(sample_shape)[: -len(self.event_shape)]
             z = torch.ones(*outer, n, device=device, dtype=self._dtype)
-            kept = torch.rand(*outer, len(self.active_index), device=device) < self.probs
-            z[..., self.active_index] = kept.to(self._dtype)
+            kept = torch.rand(*outer, len(self.active_index), device=device, dtype=self._dtype).lt_(self.probs)
+            z[..., self.active_index] = kept
         return z.reshape(*outer, *self.event_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
@@ -195,7 +207,7 @@ class ActiveBernoulli(TorchDistribution):
         k = flat[..., self.active_index].sum(-1)
         n = len(self.active_index)
         log_p = k * math.log(self.probs) + (n - k) * math.log1p(-self.probs)
-        return log_p.expand(torch.broadcast_shapes(log_p.shape, self.batch_shape))
+        return _batched(log_p, self.batch_shape)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> "ActiveBernoulli":
         return ActiveBernoulli(self.probs, self.active_index, self.event_shape, batch_shape, dtype=self._dtype)
@@ -207,14 +219,24 @@ def kl_active_bernoulli(q: ActiveBernoulli, p: BernoulliMask) -> Tensor:
     if abs(p.probs - q.probs) > 1e-12:
         raise NotImplementedError("ActiveBernoulli's divergence is closed-form only against its own prior")
     n = math.prod(q.event_shape)
-    kl = torch.tensor((n - len(q.active_index)) * -math.log(p.probs), device=q.active_index.device)
-    return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
+    kl = _constant((n - len(q.active_index)) * -math.log(p.probs), q.active_index.device)
+    return _batched(kl, q.batch_shape, p.batch_shape)
 
 
-def bernoulli_kl(q: Tensor, p: Tensor | float) -> Tensor:
-    """Elementwise ``KL(Bernoulli(q) ‖ Bernoulli(p)) = q log(q/p) + (1-q) log((1-q)/(1-p))``."""
-    p = torch.as_tensor(p, dtype=q.dtype, device=q.device)
-    return q * (torch.log(q) - torch.log(p)) + (1 - q) * (torch.log1p(-q) - torch.log1p(-p))
+@functools.lru_cache(maxsize=256)
+def _constant(value: float, device: torch.device) -> Tensor:
+    """A 0-dim tensor holding ``value`` (made once: the same constants recur at every step)."""
+    return torch.tensor(value, device=device)
+
+
+def bernoulli_kl(logits: Tensor, p: float) -> Tensor:
+    """Elementwise ``KL(Bernoulli(q) ‖ Bernoulli(p)) = q log(q/p) + (1-q) log((1-q)/(1-p))``, ``q = sigmoid(logits)``.
+
+    From the logits (``log q = logsigmoid(θ)``, ``log(1-q) = logsigmoid(-θ)``): finite for any ``θ``,
+    where ``log1p(-sigmoid(θ))`` underflows to ``-inf`` once ``q`` rounds to 1 (and ``0·(-inf)`` is NaN).
+    """
+    q = torch.sigmoid(logits)
+    return q * (F.logsigmoid(logits) - math.log(p)) + (1 - q) * (F.logsigmoid(-logits) - math.log1p(-p))
 
 
 class KeepMask(TorchDistribution):
@@ -288,12 +310,12 @@ def kl_keep_bernoulli(q: KeepMask, p: BernoulliMask) -> Tensor:
     """``KL(q(Z) ‖ p(Z)) = Σ_{M = 1} KL(Bernoulli(sigmoid θ) ‖ Bernoulli(p₀)) + (n − nnz)·(−log p₀)``."""
     if abs(p.probs - q.prior_probs) > 1e-12:
         raise NotImplementedError("KeepMask's divergence is closed-form only against its own Bernoulli(p0) prior")
-    per_position = bernoulli_kl(torch.sigmoid(q.logits), p.probs)
+    per_position = bernoulli_kl(q.logits, p.probs)
     counts = _active_counts(q.active, q.logits.shape, q.event_shape, q.logits)
     kl = (per_position.expand(counts.shape) * counts).sum()
     if q.active is not None:  # the point masses at 1 on the pruned positions
         kl = kl + (math.prod(q.event_shape) - q.active.sum()) * -math.log(p.probs)
-    return kl.expand(torch.broadcast_shapes(q.batch_shape, p.batch_shape))
+    return _batched(kl, q.batch_shape, p.batch_shape)
 
 
 def _active_counts(active: Tensor | None, logit_shape: torch.Size, event_shape: torch.Size, like: Tensor) -> Tensor:
@@ -365,11 +387,13 @@ class MaskedWeight(TorchDistribution):
         return self.loc if kept is None else self.loc * kept
 
     def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        shape = self._extended_shape(sample_shape)
         kept = self.kept()
         # Z enters the value's law, not its gradient: the model multiplies by Z itself, and a second
         # factor would double a straight-through Z's gradient at the kept positions.
         value = self.loc if kept is None else self.loc * kept.detach()
+        if self.scale is None and not sample_shape and value.shape == self.event_shape:
+            return value  # the training step: one point-mass draw, nothing to expand
+        shape = self._extended_shape(sample_shape)
         if self.scale is not None:  # N(U, σ²) on kept, N(0, σ²) on dropped, 0 on pruned
             noise = self.scale * torch.randn(shape, device=self.loc.device, dtype=self.loc.dtype)
             value = value + (noise if self.active is None else noise * self.active)
@@ -386,7 +410,7 @@ class MaskedWeight(TorchDistribution):
         centre = self.loc if kept is None else self.loc * kept
         log_q = -0.5 * ((value - centre) / self.scale) ** 2 - torch.log(self.scale) - _HALF_LOG_2PI
         terms = (log_q if self.active is None else log_q * self.active).sum(dims)
-        return terms.expand(torch.broadcast_shapes(terms.shape, self.batch_shape))
+        return _batched(terms, self.batch_shape)
 
     def expand(self, batch_shape: torch.Size, _instance: Any = None) -> "MaskedWeight":
         batch_shape = torch.Size(batch_shape)
@@ -425,4 +449,4 @@ def kl_masked_weight_normal(q: MaskedWeight, p: IsotropicNormal) -> Tensor:
         per = math.log(p.scale) - torch.log(q.scale) + q.scale.pow(2) / (2 * s2) - 0.5
         kl = squares / (2 * s2) + (per.sum(dims) if q.active is None else (per * q.active).sum(dims))
         kl = kl + (n - (n if q.active is None else q.active.sum())) * log_norm
-    return kl.expand(torch.broadcast_shapes(kl.shape, q.batch_shape, p.batch_shape))
+    return _batched(kl, q.batch_shape, p.batch_shape)

@@ -14,7 +14,8 @@ For every prunable layer ``l``, with variational means ``U_l`` (the network's ow
 changes nothing; ``q`` fixes it at 1 (a constant in the divergence). A dense layer's ``q(Z)`` is
 the prior object itself. ``θ_l`` is one keep
 logit per layer (``keep_shape="layer"``) or per output unit (``"unit"``), params
-``<name>.keep_logit.<layer>``; ``σ`` is learned per weight, params ``<name>.scale.<weight>``.
+``<name>.keep_prob.<layer>`` (bounded below by ``keep_floor``); ``σ`` is learned per weight, params
+``<name>.scale.<weight>``.
 
 This is CigL's hierarchical family (Lei et al., ICLR 2023, §4) with, beyond the paper, learnable
 ``σ`` and keep probabilities. The point mass
@@ -68,6 +69,7 @@ class SparseGuide(PyroModule):
         keep_shape: ``"layer"`` or ``"unit"`` (one keep probability per output unit).
         temperature: ``τ`` of the relaxed Bernoulli.
         keep_init: initial keep probability of the learned ``q(Z)`` (default: the prior's ``p₀``).
+        keep_floor: the learned keep probabilities stay in ``[keep_floor, 1)`` (see :meth:`keep_logit`).
         init_scale: initial ``σ`` of the Gaussian family.
 
     The guide takes (and ignores) the model's arguments.
@@ -75,7 +77,7 @@ class SparseGuide(PyroModule):
 
     def __init__(self, model: SparseNetModel, masks: MaskSet | None = None, *, family: str = "map",
                  keep: str = "prior", keep_shape: str = "layer", temperature: float = 0.1,
-                 keep_init: float | None = None, init_scale: float = 1e-3) -> None:
+                 keep_init: float | None = None, keep_floor: float = 0.5, init_scale: float = 1e-3) -> None:
         super().__init__()
         _check(family in FAMILIES, "family", f"one of {FAMILIES}", family)
         _check(keep in KEEPS, "keep", f"one of {KEEPS}", keep)
@@ -84,10 +86,12 @@ class SparseGuide(PyroModule):
         _check(temperature > 0, "temperature", "> 0", temperature)
         _check(init_scale > 0, "init_scale", "> 0", init_scale)
         keep_init = model.keep_prob if keep_init is None else keep_init
-        _check(0.0 < keep_init < 1.0 or keep == "prior", "keep_init", "in (0, 1)", keep_init)
+        _check(0.0 <= keep_floor < 1.0, "keep_floor", "in [0, 1)", keep_floor)
+        _check(keep_floor < keep_init < 1.0 or keep == "prior", "keep_init", f"in ({keep_floor}, 1)", keep_init)
         self.model_ref = [model]  # a list: not a submodule (the model is not part of the guide's state)
         self.family, self.keep, self.keep_shape = family, keep, keep_shape
         self.temperature, self.keep_init, self.init_scale = float(temperature), float(keep_init), float(init_scale)
+        self.keep_floor = float(keep_floor)
         self.weight_names = list(model.weight_names)
         self.means = prunable_weights(model.network)
         self.masks = masks
@@ -141,12 +145,20 @@ class SparseGuide(PyroModule):
                           lambda: torch.full_like(u.detach(), self.init_scale), constraint=constraints.positive)
 
     def keep_logit(self, name: str) -> Tensor:
-        """``θ`` of layer ``name``: a scalar, or ``(out, 1, ..., 1)`` per output unit."""
+        """``θ = logit(p)`` of layer ``name``: a scalar, or ``(out, 1, ..., 1)`` per output unit.
+
+        The parameter is the keep probability ``p`` itself (param ``<name>.keep_prob.<layer>``),
+        constrained to ``[keep_floor, 1)``: the straight-through gradient of a layer's keep
+        probability sums over all its active weights and is noisy; without a floor one bad kick can
+        drive it to 0, where the network is dead and every gradient vanishes (measured: MNIST-1D CNN at
+        98 % sparsity, two layers at keep 0.0003 and 0.0, accuracy 0.09).
+        """
         u = self.means[name]
         shape = () if self.keep_shape == "layer" else (u.shape[0],) + (1,) * (u.dim() - 1)
-        init = math.log(self.keep_init / (1 - self.keep_init))
-        return pyro.param(self.bayes.param_name(f"keep_logit.{name.rsplit('.', 1)[0]}"),
-                          lambda: torch.full(shape, init, device=u.device, dtype=u.dtype))
+        p = pyro.param(self.bayes.param_name(f"keep_prob.{name.rsplit('.', 1)[0]}"),
+                       lambda: torch.full(shape, self.keep_init, device=u.device, dtype=u.dtype),
+                       constraint=constraints.interval(self.keep_floor, 1.0))
+        return torch.log(p) - torch.log1p(-p)
 
     def keep_distribution(self, name: str) -> KeepMask:
         """``q(Z)`` of layer ``name`` with its learnable keep logits."""

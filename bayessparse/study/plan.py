@@ -55,7 +55,7 @@ def variational_cells(spec: StudySpec, root: Path) -> list[Cell]:
     v, d = spec.variational, spec.drop_rate
     if v is None:
         return []
-    return [row_cell(spec, root, setup, "vcigl", s, seed, keep_prior=prior)
+    return [row_cell(spec, root, setup, row, s, seed, keep_prior=prior) for row in ("vcigl", "vcigl+mc")
             for setup in d.setups for s in d.sparsities for seed in spec.seeds for prior in v.priors]
 
 
