@@ -544,3 +544,19 @@ def test_gaussian_likelihood_learns_its_noise_scale():
     assert trace.nodes["obs"]["fn"].batch_shape == (len(x),)
     assert losses[-1] < losses[0] - 0.5
     assert noise < 0.5  # from 1.0 toward the data's 0.1 (and the fit's residual)
+
+
+def test_jit_trace_elbo_gives_trace_elbos_loss():
+    """``JitTrace_ELBO`` traces the model (the network runs with substituted parameter slots, which
+    ``torch.jit.trace`` accepts, unlike ``torch.func.functional_call``) and computes Trace_ELBO's loss."""
+    import warnings
+
+    net, masks, model, guide, x, y = _small(keep_prob=1.0)
+    with pyro.get_param_store().scope(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the tracer's warnings about Python values
+        expected = pyro.infer.Trace_ELBO().loss(model, guide, x, y)
+        jit = pyro.infer.JitTrace_ELBO()
+        losses = [jit.loss_and_grads(model, guide, x, y) for _ in range(2)]  # traced, then replayed
+    assert losses[0] == pytest.approx(expected, rel=1e-6) and losses[1] == pytest.approx(expected, rel=1e-6)
+    for name, w in prunable_weights(net).items():
+        assert w.grad is not None and torch.all(w.grad[masks.masks[name] == 0] == 0)
