@@ -27,6 +27,7 @@ log pointwise predictive density, :func:`lppd`).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -78,8 +79,7 @@ def predictive(model: Any, guide: Any, data: Dataset | Tensor | Iterable, num_sa
     """
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
-    seeded = contextlib_seed(seed)
-    with seeded:
+    with seeded(seed):
         draws = Predictive(guide, num_samples=num_samples)()
         outputs = [_outputs(poutine.condition(model, {k: v[s] for k, v in draws.items()}), data, batch_size, device)
                    for s in range(num_samples)]
@@ -89,10 +89,8 @@ def predictive(model: Any, guide: Any, data: Dataset | Tensor | Iterable, num_sa
     return (out, draws) if return_draws else out
 
 
-def contextlib_seed(seed: int | None) -> Any:
+def seeded(seed: int | None) -> contextlib.AbstractContextManager:
     """``poutine.seed(seed)`` inside a forked random state, or nothing for ``seed=None``."""
-    import contextlib
-
     if seed is None:
         return contextlib.nullcontext()
     stack = contextlib.ExitStack()
@@ -212,7 +210,7 @@ def predictive_probs(
             probs, draws = predictive(bayes, guide, dataset, samples, batch_size=batch_size, seed=seed,
                                       device=run.device, return_draws=True)
         else:
-            with contextlib_seed(seed):
+            with seeded(seed):
                 draws = Predictive(guide, num_samples=samples)()
             train_set = run.data.train_eval if run.data.train_eval is not None else run.data.train
             out = []
