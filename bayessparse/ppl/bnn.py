@@ -2,7 +2,7 @@
 
 ::
 
-    bnn = SparseBNN(net, sparsity=0.9, keep="learned", drop_rate=0.5)
+    bnn = SparseBNN(net, sparsity=0.9, keep="learned", drop_rate=0.01)   # prior p0 = 0.99, learned q(Z)
     bnn.fit(train_set, epochs=10, lr=3e-3)
     probs = bnn.predict(x_test, num_samples=32)     # (N, C) posterior-predictive probabilities
     bnn.evaluate(test_set)                         # {"accuracy", "nll", "ece", "brier"}

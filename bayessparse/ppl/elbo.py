@@ -150,10 +150,10 @@ def _fill_exact_terms(model_trace: Any, guide_trace: Any) -> None:
         scaled = scale_and_mask(-kl, m["scale"], m["mask"])
         m["unscaled_log_prob"] = -kl
         m["log_prob"] = scaled
-        m["log_prob_sum"] = scaled.sum()
+        m["log_prob_sum"] = scaled if scaled.dim() == 0 else scaled.sum()
         zero = torch.zeros_like(scaled)  # the site's batch shape (vectorised particles)
         g["unscaled_log_prob"] = g["log_prob"] = zero
-        g["log_prob_sum"] = zero.sum()
+        g["log_prob_sum"] = zero if zero.dim() == 0 else zero.sum()
         g["score_parts"] = ScoreParts(log_prob=zero, score_function=0, entropy_term=0)
         if is_validation_enabled():
             warn_if_nan(m["log_prob_sum"], f"closed-form divergence at site '{name}'")

@@ -276,8 +276,10 @@ def substituted(net: nn.Module, tensors: dict[str, Tensor]) -> Any:
     for name, tensor in tensors.items():
         owner, _, attr = name.rpartition(".")
         module = net.get_submodule(owner) if owner else net
-        slots.append((module, attr, module._parameters[attr]))
-        module._parameters[attr] = tensor
+        original = module._parameters[attr]
+        if original is not tensor:  # the plain parameters θ are the param store's own tensors: nothing to swap
+            slots.append((module, attr, original))
+            module._parameters[attr] = tensor
     try:
         yield
     finally:
