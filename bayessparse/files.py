@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -77,11 +78,19 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
 
 def load_torch(path: str | Path) -> Any:
-    """Load a checkpoint written by :func:`save_torch`; an unreadable file is a ConfigError."""
+    """Load a checkpoint written by :func:`save_torch`; an unreadable file is a ConfigError.
+
+    Checkpoints hold only tensors, numbers, strings and containers of them, and are loaded with
+    ``torch.load(..., weights_only=True)``: a file that needs anything else (a pickled object, which
+    could run its author's code while loading) is refused, never unpickled.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ConfigError(f"refusing to load {path}: it holds Python objects beyond tensors and plain data "
+                          "(only bayessparse's own checkpoints load; an older one must be re-created)") from None
     except Exception as exc:  # torch raises many types for corrupt files
         raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None

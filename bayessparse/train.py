@@ -139,7 +139,7 @@ class Run:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy_rng": np.random.get_state(),
+            "numpy_rng": numpy_rng_state(),
             "python_rng": random.getstate(),
             "epoch": self.epoch,
             "step": self.step,
@@ -159,10 +159,23 @@ class Run:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        np.random.set_state(state["numpy_rng"])
+        set_numpy_rng_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self.history = state["train_seconds"], state["history"]
+
+
+def numpy_rng_state() -> dict[str, Any]:
+    """NumPy's global generator state as tensors and numbers, so that checkpoints load with ``weights_only=True``."""
+    kind, key, pos, has_gauss, cached = np.random.get_state()
+    return {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def set_numpy_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`numpy_rng_state`."""
+    key = state["key"].numpy().astype(np.uint32)
+    np.random.set_state((state["kind"], key, state["pos"], state["has_gauss"], state["cached_gaussian"]))
 
 
 def seed_everything(seed: int) -> None:

@@ -206,7 +206,7 @@ def test_cli_prints_summary_and_writes_outputs(run_dir, capsys):
 
 
 def unfinished_copy(run_dir):
-    state = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     del state["final_model"]
     torch.save(state, run_dir / "checkpoint.pt")
 

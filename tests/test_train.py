@@ -119,7 +119,7 @@ def test_sigkill_and_resume_is_bit_identical(tmp_path):
     epoch = 0
     while time.time() < deadline and proc.poll() is None:
         if (killed / "checkpoint.pt").exists():
-            epoch = torch.load(killed / "checkpoint.pt", weights_only=False)["epoch"]
+            epoch = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
             if epoch >= 2:
                 break
         time.sleep(0.02)
