@@ -89,7 +89,9 @@ def load_torch(path: str | Path) -> Any:
         raise ConfigError(f"checkpoint not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as exc:
+        if "GLOBAL" not in str(exc):  # no object to refuse: a corrupt or foreign file
+            raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None
         raise ConfigError(f"refusing to load {path}: it holds Python objects beyond tensors and plain data "
                           "(only bayessparse's own checkpoints load; an older one must be re-created)") from None
     except Exception as exc:  # torch raises many types for corrupt files
