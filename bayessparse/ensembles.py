@@ -80,7 +80,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from bayessparse.batches import batches
 from bayessparse.config import TrainConfig, dump_yaml
 from bayessparse.errors import ConfigError
-from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.files import LOCK, exclusive, load_torch, save_torch, write_json, write_text
 from bayessparse.methods import check_method
 from bayessparse.predict import predict_probs
 from bayessparse.sparsity.averaging import MaskedWeightAverage
@@ -442,7 +442,7 @@ def _check_spec(out: Path, spec: dict[str, Any]) -> None:
         for key, value in spec.items():
             if saved.get(key) != value:
                 raise ConfigError(f"{out} holds a different ensemble ({key} differs); choose another --out")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):  # the lock alone is no content
         raise ConfigError(f"{out} is not empty and holds no ensemble; choose another --out")
 
 
@@ -503,7 +503,13 @@ def ensemble(
     _check_spec(out, spec)
     build_run(cfg, load_data(cfg))  # validates data and model before any folder exists
 
-    out.mkdir(parents=True, exist_ok=True)
+    with exclusive(out, "train an ensemble"):
+        return _train_and_score(cfg, kind, members, plan, spec, out, dense_reference, progress)
+
+
+def _train_and_score(cfg: TrainConfig, kind: str, members: int, plan: EDSTPlan | None, spec: dict[str, Any],
+                     out: Path, dense_reference: str | Path | None, progress: bool) -> dict[str, Any]:
+    """The members (trained or resumed), the ensemble's metrics and files, under the folder's lock."""
     write_text(out / SPEC, yaml.safe_dump(spec, sort_keys=False))
     if kind == "dst":
         records = train_dst(cfg, members, out, progress)

@@ -7,12 +7,13 @@ target; ``os.replace`` is atomic on POSIX and Windows.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import pickle
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -71,6 +72,28 @@ def _fixed_svg_ids():
 
     with matplotlib.rc_context({"svg.hashsalt": "bayessparse"}):
         yield
+
+
+#: The lock file a writer holds in its output folder (kept; the lock is the open file's, not the name's).
+LOCK = ".bayessparse.lock"
+
+
+@contextlib.contextmanager
+def exclusive(folder: str | Path, what: str) -> Iterator[Path]:
+    """Hold the one-writer lock of ``folder`` (created if missing) for the block; yields the folder.
+
+    An exclusive ``flock`` on ``folder/.bayessparse.lock``, released when the block ends or the
+    process dies. A second writer -- another process, or another open in this one -- is refused at
+    once with a one-line :class:`ConfigError` (``what`` names the refused work, e.g. ``"train"``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"cannot {what} into {folder}: another process is writing it") from None
+        yield folder
 
 
 def save_torch(path: str | Path, obj: Any) -> None:

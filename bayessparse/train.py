@@ -37,7 +37,7 @@ from bayessparse import data as datasets
 from bayessparse.batches import batches, inputs, num_batches
 from bayessparse.config import TrainConfig, dump_yaml, read_yaml, resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.files import exclusive, load_torch, save_torch, write_json, write_text
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method, check_method
 from bayessparse.predict import predict_probs
@@ -356,7 +356,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
 
     Writes the run-folder contract: ``config.yaml`` (resolved), ``checkpoint.pt`` (after every
     epoch, resumable; the evaluated model under ``final_model`` at the end), ``metrics.json`` and
-    ``reliability.png``. Every input is validated before the folder is created.
+    ``reliability.png``. Every input is validated before the folder is created; the folder has one
+    writer at a time (:func:`bayessparse.files.exclusive`: a second one exits with a one-line error).
     """
     out = Path(out)
     resume_from = prepare_run_dir(cfg, out, resume)
@@ -366,12 +367,14 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     run = build_run(cfg)
     if state is not None:
         run.load_state_dict(state)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG, dump_yaml(cfg))
-    final = fit(run, out / CHECKPOINT, progress)
-    metrics, probs, labels = evaluate_model(run, final)
-    metrics.update(run.method.summary())
-    save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
-    plot_reliability(probs, labels, out / RELIABILITY, n_bins=cfg.ece_bins, title=f"{cfg.method} on {cfg.data}")
-    write_json(out / METRICS, metrics)
+    with exclusive(out, "train"):
+        if prepare_run_dir(cfg, out, resume) != resume_from:  # another writer came and went meanwhile
+            raise ConfigError(f"{out} changed while this run was being set up; run the command again")
+        write_text(out / CONFIG, dump_yaml(cfg))
+        final = fit(run, out / CHECKPOINT, progress)
+        metrics, probs, labels = evaluate_model(run, final)
+        metrics.update(run.method.summary())
+        save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
+        plot_reliability(probs, labels, out / RELIABILITY, n_bins=cfg.ece_bins, title=f"{cfg.method} on {cfg.data}")
+        write_json(out / METRICS, metrics)
     return metrics

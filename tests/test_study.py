@@ -9,8 +9,9 @@ import pytest
 from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
+from bayessparse.files import LOCK
 from bayessparse.stats import interval
-from bayessparse.study import LOCK, _locked, run_study
+from bayessparse.study import _locked, run_study
 from bayessparse.study.cells import folder_for
 from bayessparse.study.spec import read_spec
 
@@ -128,7 +129,7 @@ def test_study_trains_scores_reports_and_resumes(tmp_path):
 def test_a_second_study_process_on_the_same_folder_is_refused(tmp_path):
     out = tmp_path / "study"
     with _locked(out):
-        with pytest.raises(ConfigError, match="another study process"):
+        with pytest.raises(ConfigError, match="another process is writing it"):
             with _locked(out):
                 pass
     assert (out / LOCK).exists()

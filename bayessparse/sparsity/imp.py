@@ -66,7 +66,7 @@ from bayessparse import data as datasets
 from bayessparse.config import TrainConfig, coerce
 from bayessparse.data.noise import noisy_label_posterior
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.files import exclusive, load_torch, save_torch, write_json, write_text
 from bayessparse.predict import predict_logits
 from bayessparse.sparsity.density import prunable_weights
 from bayessparse.sparsity.training import SparseTraining
@@ -442,55 +442,56 @@ def imp(
             f"rounds={settings.rounds} at prune_fraction={settings.prune_fraction} would prune all {total} weights"
         )
 
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / CONFIG, _config_text(cfg, settings))
-    if state is None:
-        records: list[dict[str, Any]] = []
-        rewind: dict[str, Tensor] | None = None
-        masks = dense_masks(run.model)
-    else:
-        records, rewind, masks = list(state["records"]), state["rewind"], state["masks"]
-        write_json(out / RESULTS, records)  # the state is written first: imp.json may lack its last round
-    title = f"IMP on {cfg.data} ({cfg.model}, label noise {cfg.label_noise:g})"
+    with exclusive(out, "run an IMP sweep"):  # one writer; it creates the folder
+        write_text(out / CONFIG, _config_text(cfg, settings))
+        if state is None:
+            records: list[dict[str, Any]] = []
+            rewind: dict[str, Tensor] | None = None
+            masks = dense_masks(run.model)
+        else:
+            records, rewind, masks = list(state["records"]), state["rewind"], state["masks"]
+            write_json(out / RESULTS, records)  # the state is written first: imp.json may lack its last round
+        title = f"IMP on {cfg.data} ({cfg.model}, label noise {cfg.label_noise:g})"
 
-    plotted = time.perf_counter()
-    bar = tqdm(total=settings.rounds + 1, initial=min(len(records), settings.rounds + 1), desc="imp",
-               disable=not progress)
-    for r in range(len(records), settings.rounds + 1):
-        if r > 0:
-            run = start_round(cfg, data, masks, rewind)
-        try:
-            model, captured = _train(run, settings.rewind_epoch if r == 0 else None)
-        except TrainingDiverged as exc:
-            kept = f"rounds 0-{r - 1} are kept in {out} (resume with --resume)" if r else "no round was finished"
-            raise TrainingDiverged(f"IMP round {r}: {str(exc).split('; ')[0]}; {kept}") from None
-        if r == 0:
-            rewind = captured
-        record = evaluate_round(run, model, masks, exclude, r)
-        records.append(record)
-        # The next round's masks are pruned now, so that the sweep can be resumed (or extended) from here.
-        survivors, target = _count(masks, pruned_names), survivors_after(total, settings.prune_fraction, r + 1)
-        next_masks = global_magnitude_prune(prunable_weights(model), masks, count=survivors - target, exclude=exclude)
-        save_torch(state_path, {
-            "version": 1,
-            "config": cfg.to_dict(),
-            "settings": settings.to_dict(),
-            "rewind": rewind,
-            "masks": next_masks,
-            "model": snapshot(model),
-            "records": records,
-        })
-        masks = next_masks
-        write_json(out / RESULTS, records)
-        if r == settings.rounds or time.perf_counter() - plotted >= PLOT_INTERVAL_S:
+        plotted = time.perf_counter()
+        bar = tqdm(total=settings.rounds + 1, initial=min(len(records), settings.rounds + 1), desc="imp",
+                   disable=not progress)
+        for r in range(len(records), settings.rounds + 1):
+            if r > 0:
+                run = start_round(cfg, data, masks, rewind)
+            try:
+                model, captured = _train(run, settings.rewind_epoch if r == 0 else None)
+            except TrainingDiverged as exc:
+                kept = f"rounds 0-{r - 1} are kept in {out} (resume with --resume)" if r else "no round was finished"
+                raise TrainingDiverged(f"IMP round {r}: {str(exc).split('; ')[0]}; {kept}") from None
+            if r == 0:
+                rewind = captured
+            record = evaluate_round(run, model, masks, exclude, r)
+            records.append(record)
+            # The next round's masks are pruned now, so that the sweep can be resumed (or extended) from here.
+            survivors, target = _count(masks, pruned_names), survivors_after(total, settings.prune_fraction, r + 1)
+            next_masks = global_magnitude_prune(prunable_weights(model), masks, count=survivors - target,
+                                                exclude=exclude)
+            save_torch(state_path, {
+                "version": 1,
+                "config": cfg.to_dict(),
+                "settings": settings.to_dict(),
+                "rewind": rewind,
+                "masks": next_masks,
+                "model": snapshot(model),
+                "records": records,
+            })
+            masks = next_masks
+            write_json(out / RESULTS, records)
+            if r == settings.rounds or time.perf_counter() - plotted >= PLOT_INTERVAL_S:
+                plot_double_descent(records, out / PLOT, title=title)
+                plotted = time.perf_counter()
+            bar.update(1)
+            bar.set_postfix(density=f"{record['density']:.3f}", test_error=f"{record['test_error']:.3f}")
+            if echo:
+                tqdm.write(_round_line(record))
+        bar.close()
+        if records and not (out / PLOT).exists():
             plot_double_descent(records, out / PLOT, title=title)
-            plotted = time.perf_counter()
-        bar.update(1)
-        bar.set_postfix(density=f"{record['density']:.3f}", test_error=f"{record['test_error']:.3f}")
-        if echo:
-            tqdm.write(_round_line(record))
-    bar.close()
-    if records and not (out / PLOT).exists():
-        plot_double_descent(records, out / PLOT, title=title)
-    return records
+        return records
 

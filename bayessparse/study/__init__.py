@@ -13,16 +13,15 @@ One study writes an output folder at a time: a lock file refuses a second proces
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from bayessparse.config import TrainConfig
 from bayessparse.errors import ConfigError
-from bayessparse.files import write_text
+from bayessparse.files import exclusive, write_text
 from bayessparse.jobs import run_jobs
 from bayessparse.study.cells import check_cells, score
 from bayessparse.study.plan import plan, row_cell
@@ -42,7 +41,6 @@ from bayessparse.study.spec import StudySpec, read_spec
 
 __all__ = ["run_study", "read_spec", "default_spec"]
 
-LOCK = ".study.lock"
 RESULTS = "results.md"
 
 
@@ -53,15 +51,9 @@ def default_spec(quick: bool = False) -> Path:
     return here if here.exists() else Path("experiments") / name
 
 
-@contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"{out} is being written by another study process") from None
-        yield
+def _locked(out: Path) -> contextlib.AbstractContextManager:
+    """The study's hold on its output folder (one writer per folder)."""
+    return exclusive(out, "run a study")
 
 
 def _predictions(spec: StudySpec, root: Path):
