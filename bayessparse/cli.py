@@ -98,10 +98,15 @@ def _seeds(text: str) -> list[int]:
         values = [int(v) for v in _names(text)]
     except ValueError:
         raise ConfigError(f"--seeds must be a count or a comma-separated list of integers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"--seeds names no seed, got {text!r}")
     if len(values) == 1 and "," not in text:
         if values[0] < 1:
             raise ConfigError(f"--seeds count must be >= 1, got {values[0]}")
-        return list(range(values[0]))
+        values = list(range(values[0]))
+    bad = [v for v in values if not 0 <= v < 2**32]
+    if bad:
+        raise ConfigError(f"--seeds must lie in [0, 2^32), got {bad[0]}")
     return values
 
 
@@ -110,6 +115,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = resolve(COMPARE_DEFAULTS, *_config_layers(args))
     methods = _names(args.methods) if args.methods else default_methods()
+    if not methods:
+        raise ConfigError(f"--methods names no method, got {args.methods!r}")
     compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress, workers=_workers(args.jobs))
     return 0
 

@@ -7,6 +7,7 @@ anything is written to disk, so a bad value fails with one line that names the f
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -78,6 +79,9 @@ class TrainConfig:
 
 
 _HINTS = typing.get_type_hints(TrainConfig)
+#: The config's real-valued fields, and the largest value a float32 tensor holds (the training runs in float32).
+FLOAT_FIELDS = tuple(name for name, hint in _HINTS.items() if hint in (float, float | None))
+FLOAT32_MAX = 3.4028234663852886e38
 #: Methods trained only as SVI (their latent Z is drawn by Pyro): the engine defaults to "pyro" for them.
 PYRO_METHODS = ("vcigl",)
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
@@ -118,6 +122,12 @@ def _check(cfg: TrainConfig) -> None:
         if not ok:
             raise ConfigError(f"{name} must be {what}, got {getattr(cfg, name)!r}")
 
+    for name in FLOAT_FIELDS:  # inf, NaN and values float32 cannot hold pass every range check below
+        value = getattr(cfg, name)
+        need(value is None or (math.isfinite(value) and abs(value) <= FLOAT32_MAX), name, "a finite number")
+    need(0 <= cfg.seed < 2**32, "seed", "in [0, 2^32)")
+    need(0 <= cfg.data_seed < 2**32, "data_seed", "in [0, 2^32)")
+    need(0.0 < cfg.step_gamma <= 1.0, "step_gamma", "in (0, 1]")
     need(0.0 <= cfg.sparsity < 1.0, "sparsity", "in [0, 1)")
     need(0.0 < cfg.width < float("inf"), "width", "a finite number > 0")
     need(0.0 <= cfg.label_noise < 1.0, "label_noise", "in [0, 1)")

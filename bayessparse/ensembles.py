@@ -498,6 +498,8 @@ def ensemble(
         raise ConfigError("explore/refine epochs, refine lr and jump fraction apply to --kind edst only")
     if dense_reference not in (None, "auto", "none") and not (Path(dense_reference) / METRICS).is_file():
         raise ConfigError(f"dense reference {dense_reference} is not a finished run folder (no {METRICS})")
+    if kind == "dst" and cfg.seed + members - 1 >= 2**32:  # member i trains with seed + i
+        raise ConfigError(f"seed {cfg.seed} + {members - 1} members leaves [0, 2^32): choose a smaller --seed")
     out = Path(out)
     spec = {"kind": kind, "members": members, "config": cfg.to_dict(), "plan": plan.to_dict() if plan else None}
     _check_spec(out, spec)

@@ -260,6 +260,8 @@ def evaluate_run(
     """
     from bayessparse.train import load_finished, measured_density
 
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
     run_dir = Path(run_dir)
     run, model = load_finished(run_dir)
     cfg, data = run.cfg, run.data
