@@ -77,6 +77,8 @@ def _config_layers(args: argparse.Namespace, saved: Path | None = None) -> list[
 def cmd_train(args: argparse.Namespace) -> int:
     from bayessparse.train import CONFIG, train
 
+    if args.resume and not args.out.is_dir():
+        raise ConfigError(f"--resume: {args.out} does not exist, so there is nothing to resume")
     saved = args.out / CONFIG if args.resume else None
     cfg = resolve(*_config_layers(args, saved))
     metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
@@ -86,6 +88,13 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"({metrics['train_seconds']:.1f} s)  -> {args.out}"
     )
     return 0
+
+
+def _folder(text: str) -> Path:
+    """An output folder flag: a path, never the empty string (which would mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a folder, not an empty string")
+    return Path(text)
 
 
 def _names(text: str) -> list[str]:
@@ -156,6 +165,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_imp(args: argparse.Namespace) -> int:
     from bayessparse.sparsity.imp import CONFIG, best_round, format_table, imp, resolve_settings
 
+    if args.resume and not args.out.is_dir():
+        raise ConfigError(f"--resume: {args.out} does not exist, so there is nothing to resume")
     saved = args.out / CONFIG if args.resume else None
     layers = _config_layers(args, saved)
     imp_layers = [layer.pop("imp", None) for layer in layers]  # YAML files may carry an "imp:" mapping
@@ -224,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train one run into a run folder")
     _add_run_flags(train)
-    train.add_argument("--out", type=Path, required=True, help="run folder")
+    train.add_argument("--out", type=_folder, required=True, help="run folder")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.set_defaults(func=cmd_train)
 
@@ -238,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
     comp.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,1,2")
-    comp.add_argument("--out", type=Path, default=Path("runs/compare"), help="output folder")
+    comp.add_argument("--out", type=_folder, default=Path("runs/compare"), help="output folder")
     comp.set_defaults(func=cmd_compare)
 
     evaluate = sub.add_parser("evaluate", help="calibration, temperature scaling, OOD and corruptions of a finished run")
@@ -271,13 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     imp.add_argument("--rewind-epoch", type=int, default=None, help="rewind to this epoch of dense training (0: init)")
     imp.add_argument("--prune-output", action=argparse.BooleanOptionalAction, default=None,
                      help="also prune the output layer (default: kept dense)")
-    imp.add_argument("--out", type=Path, required=True, help="sweep folder")
+    imp.add_argument("--out", type=_folder, required=True, help="sweep folder")
     imp.add_argument("--resume", action="store_true", help="continue (or extend) the sweep in --out")
     imp.set_defaults(func=cmd_imp)
     study = sub.add_parser("study", help="the reproduction study: trains, scores and writes results.md")
     study.add_argument("--config", type=Path, help="study specification (default: experiments/study.yaml)")
     study.add_argument("--quick", action="store_true", help="the CI-sized study (experiments/study_quick.yaml)")
-    study.add_argument("--out", type=Path, help="output folder (default: runs/study or runs/study-quick); "
+    study.add_argument("--out", type=_folder, help="output folder (default: runs/study or runs/study-quick); "
                                                 "re-running continues it")
     study.add_argument("--docs", type=Path, help="also write results.md and figures/ into this folder (e.g. docs)")
     study.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
@@ -288,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(ens)
     ens.add_argument("--kind", required=True, help="dst (M independent runs) or edst (one run, M phases)")
     ens.add_argument("--members", type=int, default=3, help="number of members M (>= 2)")
-    ens.add_argument("--out", type=Path, required=True, help="output folder (re-running continues it)")
+    ens.add_argument("--out", type=_folder, required=True, help="output folder (re-running continues it)")
     ens.add_argument("--explore-epochs", type=int, help="EDST: exploration epochs (default 0.6 x --epochs)")
     ens.add_argument("--refine-epochs", type=int, help="EDST: epochs per member (default 0.4 x --epochs)")
     ens.add_argument("--refine-lr", type=float, help="EDST: lr at the start of each refinement phase (default --lr)")

@@ -57,3 +57,23 @@ def test_every_real_valued_field_is_checked_for_finiteness():
     for name in FLOAT_FIELDS:
         with pytest.raises(ConfigError, match=name):
             resolve({name: float("inf")})
+
+
+def test_a_non_utf8_config_file_is_one_line(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_bytes(b"lr: 0.1\n# \xff\xfe latin-1 bytes\n")
+    assert main([*TRAIN, "--config", str(config), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is not UTF-8 text" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_out_and_a_resume_of_nothing_are_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # an empty --out would have meant this folder
+    with pytest.raises(SystemExit) as exc:
+        main([*TRAIN, "--out", ""])
+    assert exc.value.code == 2 and "must name a folder" in capsys.readouterr().err
+    assert main([*TRAIN, "--out", "missing", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nothing to resume" in err
+    assert list(tmp_path.iterdir()) == []
