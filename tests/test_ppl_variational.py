@@ -560,3 +560,13 @@ def test_jit_trace_elbo_gives_trace_elbos_loss():
     assert losses[0] == pytest.approx(expected, rel=1e-6) and losses[1] == pytest.approx(expected, rel=1e-6)
     for name, w in prunable_weights(net).items():
         assert w.grad is not None and torch.all(w.grad[masks.masks[name] == 0] == 0)
+
+
+def test_guide_options_rebuild_the_same_family():
+    """``SparseGuide.options()`` carries every setting, so a rebuilt guide (a saved run's predictive) is the same
+    family: a setting left out would silently fall back to its default."""
+    net, masks, model, guide, x, y = _small(family="gaussian", keep="learned", keep_shape="unit", temperature=0.3,
+                                            keep_init=0.8, keep_floor=0.6, init_scale=0.02)
+    rebuilt = SparseGuide(model, masks, **guide.options())
+    assert rebuilt.options() == guide.options()
+    assert guide.options()["keep_floor"] == 0.6 and guide.options()["init_scale"] == 0.02

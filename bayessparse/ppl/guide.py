@@ -97,6 +97,11 @@ class SparseGuide(PyroModule):
         self.masks = masks
         self._active: dict[str, tuple[tuple[int, int], Tensor]] = {}
 
+    def options(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this family around another model (e.g. a saved run's)."""
+        return dict(family=self.family, keep=self.keep, keep_shape=self.keep_shape, temperature=self.temperature,
+                    keep_init=self.keep_init, keep_floor=self.keep_floor, init_scale=self.init_scale)
+
     @property
     def bayes(self) -> SparseNetModel:
         return self.model_ref[0]

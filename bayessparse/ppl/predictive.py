@@ -157,16 +157,10 @@ def run_posterior(run: Any, net: nn.Module) -> tuple[SparseNetModel, SparseGuide
     stands in for ``wd = 0``.
     """
     engine_guide = getattr(run.engine, "guide", None)
-    spec = {}
-    if engine_guide is not None:
-        spec = dict(family=engine_guide.family, keep=engine_guide.keep, keep_shape=engine_guide.keep_shape,
-                    temperature=engine_guide.temperature, keep_init=engine_guide.keep_init,
-                    init_scale=engine_guide.init_scale)
-        keep = engine_guide.bayes.keep_prob
-    else:
-        keep = keep_probability(run)
+    keep = engine_guide.bayes.keep_prob if engine_guide is not None else keep_probability(run)
     bayes = SparseNetModel(net, len(run.data.train), run.cfg.weight_decay or 1.0, keep_prob=keep, name="net")
-    guide = SparseGuide(bayes, getattr(run.method, "masks", None), **spec)
+    options = engine_guide.options() if engine_guide is not None else {}
+    guide = SparseGuide(bayes, getattr(run.method, "masks", None), **options)
     if engine_guide is not None:
         for k, (value, constraint) in run.engine.own_params().items():
             pyro.param(k, value, constraint=constraint)
