@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 
 from bayessparse.config import resolve
 from bayessparse.data import DataBundle
+from bayessparse.errors import ConfigError
 from bayessparse.train import Run, build_run, train_step
 
 SETUPS = {
@@ -75,6 +76,11 @@ def measure(
     sparsity: float = 0.9, device: str = "cpu", seed: int = 0,
 ) -> dict[str, Any]:
     """Median per-round step-time ratios (every method vs dense, and cigl vs rigl) and update cost."""
+    for name, value in (("rounds", rounds), ("steps", steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    if setup_name not in SETUPS:
+        raise ConfigError(f"unknown bench setup {setup_name!r} (choose from: {', '.join(SETUPS)})")
     runs = _runs(SETUPS[setup_name], methods, sparsity, device)
     first = runs[methods[0]]
     batch = tuple(t[: first.cfg.batch_size].to(first.device) for t in first.data.train.tensors)

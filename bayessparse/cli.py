@@ -7,12 +7,13 @@ one line on stderr and exit code 2, before anything is written. A diverged run e
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bayessparse.config import FIELD_NAMES, read_yaml, resolve
-from bayessparse.errors import ConfigError, TrainingDiverged
+from bayessparse.errors import ConfigError, TrainingDiverged, WriteError
 from bayessparse.methods import check_method
 
 # flag -> config field, for the flags every training command shares
@@ -74,12 +75,23 @@ def _config_layers(args: argparse.Namespace, saved: Path | None = None) -> list[
     return layers
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from bayessparse.train import CONFIG, train
+def _resumed(out: Path, kind: str, config: str, state: str) -> Path:
+    """The saved config of the folder ``--resume`` continues, checked before it is read."""
+    from bayessparse.folders import check_kind, check_writable
 
-    if args.resume and not args.out.is_dir():
-        raise ConfigError(f"--resume: {args.out} does not exist, so there is nothing to resume")
-    saved = args.out / CONFIG if args.resume else None
+    if not out.is_dir():
+        raise ConfigError(f"--resume: {out} does not exist, so there is nothing to resume")
+    check_writable(out)
+    check_kind(out, kind)
+    if (out / state).exists() and not (out / config).is_file():
+        raise ConfigError(f"--resume: {out} has {state} but its {config} is missing, so it cannot be resumed")
+    return out / config
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from bayessparse.train import CHECKPOINT, CONFIG, train
+
+    saved = _resumed(args.out, "run", CONFIG, CHECKPOINT) if args.resume else None
     cfg = resolve(*_config_layers(args, saved))
     metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
     print(
@@ -143,6 +155,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bayessparse.files import write_json
 
     setups = _names(args.setups)
+    if not setups:
+        raise ConfigError(f"--setups names no setup, got {args.setups!r} (choose from: {', '.join(SETUPS)})")
     unknown = [s for s in setups if s not in SETUPS]
     if unknown:
         raise ConfigError(f"unknown bench setup '{unknown[0]}' (choose from: {', '.join(SETUPS)})")
@@ -151,6 +165,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_method(method)
     if "dense" not in methods:
         raise ConfigError("--methods must include dense (ratios are taken against it)")
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.out is not None:
+        _check_output_file(args.out, "--out")
     results = []
     for name in setups:
         result = measure(name, methods, rounds=args.rounds, steps=args.steps, device=args.device)
@@ -162,12 +181,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_imp(args: argparse.Namespace) -> int:
-    from bayessparse.sparsity.imp import CONFIG, best_round, format_table, imp, resolve_settings
+def _check_output_file(path: Path, flag: str) -> None:
+    """A file the command will (over)write: not a folder, in an existing writable folder."""
+    from bayessparse.folders import check_writable
 
-    if args.resume and not args.out.is_dir():
-        raise ConfigError(f"--resume: {args.out} does not exist, so there is nothing to resume")
-    saved = args.out / CONFIG if args.resume else None
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; name a file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag}: folder {path.parent} does not exist")
+    check_writable(path.parent, flag)
+
+
+def cmd_imp(args: argparse.Namespace) -> int:
+    from bayessparse.sparsity.imp import CONFIG, STATE, best_round, format_table, imp, resolve_settings
+
+    saved = _resumed(args.out, "imp", CONFIG, STATE) if args.resume else None
     layers = _config_layers(args, saved)
     imp_layers = [layer.pop("imp", None) for layer in layers]  # YAML files may carry an "imp:" mapping
     cfg = resolve(*layers)
@@ -312,20 +340,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What an interrupted command leaves, by command: how to continue it.
+CONTINUE = {
+    "train": "; continue with --resume",
+    "imp": "; continue with --resume",
+    "ensemble": "; the same command continues it",
+    "study": "; the same command continues it",
+    "compare": "; the same command continues it",
+}
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so that it unwinds like Ctrl-C (temporary files removed)."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.func
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, WriteError) as exc:
         print(f"bayessparse: error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:
         print(f"bayessparse: training diverged: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("bayessparse: interrupted; resume with --resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, Terminated) else "interrupted"
+        print(f"bayessparse: {how}{CONTINUE.get(args.command, '')}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,7 @@ from bayessparse.config import TrainConfig, resolve
 from bayessparse.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name, ensemble_probs
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch, write_json, write_text
+from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.methods import METHODS, check_method
 from bayessparse.jobs import run_jobs
 from bayessparse.predictors import labels_of, model_predictor, temperature_scaled
@@ -198,8 +199,16 @@ def compare(
     """Train every entry (method or ensemble, see :func:`parse_entry`) with every seed, print the table,
     write results.json and the diagrams. ``workers`` trainings run side by side (:mod:`bayessparse.jobs`)."""
     entries = list(dict.fromkeys(parse_entry(m) for m in methods))
-    out = Path(out)
+    out = check_writable(out)
+    check_kind(out, "compare")
     load_data(base)  # validates the data fields before any folder exists
+    with exclusive(out, "compare", kind="compare"):
+        return _compare(base, entries, seeds, out, progress, workers)
+
+
+def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path, progress: bool,
+             workers: int) -> dict[str, Any]:
+    """The trainings, the table and the diagrams of :func:`compare`, under the folder's lock."""
     jobs: dict[str, tuple[str, dict[str, Any], str, Entry, bool]] = {}
     inner_bars = progress and workers == 1  # per-epoch bars only when the trainings run in this process
     for entry in entries:

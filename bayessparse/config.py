@@ -18,6 +18,11 @@ import yaml
 from bayessparse.errors import ConfigError
 
 
+#: The most ECE bins: beyond it a bin holds a handful of examples at best, while the per-bin sums and
+#: plots grow with the count (100000 bins took minutes).
+MAX_BINS = 1000
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run (and nothing that does not)."""
@@ -140,7 +145,7 @@ def _check(cfg: TrainConfig) -> None:
     need(cfg.epochs >= 1, "epochs", ">= 1")
     need(cfg.batch_size >= 1, "batch_size", ">= 1")
     need(cfg.eval_batch_size >= 1, "eval_batch_size", ">= 1")
-    need(cfg.ece_bins >= 1, "ece_bins", ">= 1")
+    need(1 <= cfg.ece_bins <= MAX_BINS, "ece_bins", f"in [1, {MAX_BINS}]")
     need(cfg.lr > 0.0, "lr", "> 0")
     need(0.0 <= cfg.momentum < 1.0, "momentum", "in [0, 1)")
     need(cfg.weight_decay >= 0.0, "weight_decay", ">= 0")
@@ -160,10 +165,18 @@ def _check(cfg: TrainConfig) -> None:
 
 
 def resolve(*layers: Mapping[str, Any] | None) -> TrainConfig:
-    """Merge layers of settings over the defaults (later layers win) and validate the result."""
+    """Merge layers of settings over the defaults (later layers win) and validate the result.
+
+    Every layer is a mapping of field names to values, or ``None`` (nothing to merge); anything else is
+    a ConfigError, as are an unknown field and a value of the wrong type.
+    """
     merged: dict[str, Any] = {}
-    for layer in layers:
-        for name, value in (layer or {}).items():
+    for i, layer in enumerate(layers, 1):
+        if layer is None:
+            continue
+        if not isinstance(layer, Mapping):
+            raise ConfigError(f"config layer {i} must be a mapping of field: value, got {type(layer).__name__}")
+        for name, value in layer.items():
             if name not in FIELD_NAMES:
                 raise ConfigError(f"unknown config field '{name}'")
             merged[name] = coerce(name, value, _HINTS[name])

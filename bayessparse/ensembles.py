@@ -80,7 +80,8 @@ from torch.optim.lr_scheduler import LambdaLR
 from bayessparse.batches import batches
 from bayessparse.config import TrainConfig, dump_yaml
 from bayessparse.errors import ConfigError
-from bayessparse.files import LOCK, exclusive, load_torch, save_torch, write_json, write_text
+from bayessparse.files import save_torch, write_json, write_text
+from bayessparse.folders import LOCK, MARKER, check_kind, check_writable, exclusive, mark
 from bayessparse.methods import check_method
 from bayessparse.predict import predict_probs
 from bayessparse.sparsity.averaging import MaskedWeightAverage
@@ -97,11 +98,14 @@ from bayessparse.train import (
     RELIABILITY,
     Run,
     build_run,
+    check_same_config,
     evaluate_model,
     fit,
     load_data,
     load_finished,
+    read_checkpoint,
     recalibrate_batchnorm,
+    restore,
     train,
 )
 from bayessparse.uncertainty.diversity import diversity
@@ -319,7 +323,7 @@ def _begin_phase(run: Run, plan: EDSTPlan, phase: Phase) -> None:
 def _save_member(run: Run, model: nn.Module, out: Path, phase: Phase, plan: EDSTPlan) -> dict[str, Any]:
     """Write member ``phase.member`` as a run folder (the train contract) and return its metrics."""
     folder = member_dir(out, phase.member)
-    folder.mkdir(parents=True, exist_ok=True)
+    mark(folder, "run")
     metrics, probs, labels = evaluate_model(run, model)
     metrics.update(
         kind="edst", member=phase.member, phase_start_epoch=phase.start, phase_end_epoch=phase.end,
@@ -340,7 +344,9 @@ def train_edst(cfg: TrainConfig, plan: EDSTPlan, out: str | Path, progress: bool
     run.scheduler = LambdaLR(run.optimizer, edst_lr_factor(plan, cfg, run.steps_per_epoch))
     checkpoint = out / CHECKPOINT
     if checkpoint.exists():
-        run.load_state_dict(load_torch(checkpoint))
+        state = read_checkpoint(checkpoint)
+        check_same_config(total, state["config"], checkpoint, ignore=("epochs",))  # it trains phase by phase
+        restore(run, state, checkpoint)
     records = []
     for phase in plan.phases:
         done = phase.member is None or (member_dir(out, phase.member) / METRICS).exists()
@@ -438,12 +444,33 @@ def _check_spec(out: Path, spec: dict[str, Any]) -> None:
     """A re-run must continue the same ensemble; a folder holding something else is refused."""
     path = out / SPEC
     if path.exists():
-        saved = yaml.safe_load(path.read_text()) or {}
+        try:
+            saved = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError, OSError):
+            saved = None
+        if not isinstance(saved, dict):
+            raise ConfigError(f"{path} is damaged (not a YAML mapping); choose another --out")
         for key, value in spec.items():
             if saved.get(key) != value:
                 raise ConfigError(f"{out} holds a different ensemble ({key} differs); choose another --out")
-    elif out.exists() and any(p.name != LOCK for p in out.iterdir()):  # the lock alone is no content
+    elif out.exists() and any(p.name not in (LOCK, MARKER) for p in out.iterdir()):  # no content yet
         raise ConfigError(f"{out} is not empty and holds no ensemble; choose another --out")
+
+
+def read_dense_reference(cfg: TrainConfig, folder: str | Path) -> dict[str, Any]:
+    """The metrics of a finished dense run of ``cfg``'s data and model, for the measured time ratio."""
+    path = Path(folder) / METRICS
+    try:
+        metrics = _load_json(path)
+    except (OSError, ValueError):
+        raise ConfigError(f"--dense-reference {folder} is not a finished run folder (no readable {METRICS})") from None
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("train_seconds"), (int, float)):
+        raise ConfigError(f"--dense-reference {folder}: {METRICS} is not a run's metrics record")
+    for name, expected in (("method", "dense"), ("data", cfg.data), ("model", cfg.model), ("epochs", cfg.epochs)):
+        if metrics.get(name) != expected:
+            raise ConfigError(f"--dense-reference {folder} is not a dense run of this config "
+                              f"({name} {metrics.get(name)!r}, expected {expected!r})")
+    return metrics
 
 
 def _dense_reference(cfg: TrainConfig, out: Path, dense_reference: str | Path | None, progress: bool) -> dict | None:
@@ -451,10 +478,7 @@ def _dense_reference(cfg: TrainConfig, out: Path, dense_reference: str | Path | 
         return None
     if dense_reference == "auto":
         return train(cfg.replace(method="dense"), out / DENSE_REFERENCE, resume=True, progress=progress)
-    path = Path(dense_reference) / METRICS
-    if not path.is_file():
-        raise ConfigError(f"dense reference {dense_reference} is not a finished run folder (no {METRICS})")
-    return _load_json(path)
+    return read_dense_reference(cfg, dense_reference)
 
 
 def ensemble(
@@ -496,16 +520,17 @@ def ensemble(
         plan = EDSTPlan.from_config(cfg, members, explore_epochs, refine_epochs, refine_lr, jump_fraction)
     elif (explore_epochs, refine_epochs, refine_lr) != (None, None, None) or jump_fraction != JUMP_FRACTION:
         raise ConfigError("explore/refine epochs, refine lr and jump fraction apply to --kind edst only")
-    if dense_reference not in (None, "auto", "none") and not (Path(dense_reference) / METRICS).is_file():
-        raise ConfigError(f"dense reference {dense_reference} is not a finished run folder (no {METRICS})")
+    if dense_reference not in (None, "auto", "none"):
+        read_dense_reference(cfg, dense_reference)
     if kind == "dst" and cfg.seed + members - 1 >= 2**32:  # member i trains with seed + i
         raise ConfigError(f"seed {cfg.seed} + {members - 1} members leaves [0, 2^32): choose a smaller --seed")
-    out = Path(out)
+    out = check_writable(out)
+    check_kind(out, "ensemble")
     spec = {"kind": kind, "members": members, "config": cfg.to_dict(), "plan": plan.to_dict() if plan else None}
     _check_spec(out, spec)
     build_run(cfg, load_data(cfg))  # validates data and model before any folder exists
 
-    with exclusive(out, "train an ensemble"):
+    with exclusive(out, "train an ensemble", kind="ensemble"):
         return _train_and_score(cfg, kind, members, plan, spec, out, dense_reference, progress)
 
 

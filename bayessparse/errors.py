@@ -10,5 +10,12 @@ class ConfigError(ValueError):
     """Bad user input: the message names the field and the problem in one line."""
 
 
+class WriteError(OSError):
+    """A result could not be written (full or read-only disk, ...); ``filename`` is the target."""
+
+    def __str__(self) -> str:
+        return f"cannot write to {self.filename}: {self.strerror}"
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left in place."""

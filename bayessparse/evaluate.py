@@ -40,6 +40,7 @@ folder, ``n_bins < 1``) raises :class:`~bayessparse.errors.ConfigError` before a
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,7 @@ from bayessparse.data.corruptions import (
     materialize,
 )
 from bayessparse.data.ood import check_ood, make_ood
+from bayessparse.config import MAX_BINS
 from bayessparse.errors import ConfigError
 from bayessparse.files import save_figure, write_atomic, write_json
 from bayessparse.predict import predict_logits
@@ -215,8 +217,8 @@ def _mc_predictive(run: Any, model: Any, test_set: Dataset, labels: Tensor, samp
 
 
 def _check_n_bins(n_bins: Any) -> int:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ConfigError(f"--bins must be an integer >= 1, got {n_bins!r}")
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or not 1 <= n_bins <= MAX_BINS:
+        raise ConfigError(f"--bins must be an integer in [1, {MAX_BINS}], got {n_bins!r}")
     return n_bins
 
 
@@ -258,22 +260,52 @@ def evaluate_run(
         loo_max: PSIS-LOO runs on at most this many training examples (a seeded random subsample
             beyond), as its cost is ``S`` passes over them.
     """
-    from bayessparse.train import load_finished, measured_density
+    from bayessparse.folders import check_kind, check_writable, exclusive
+    from bayessparse.train import CONFIG
 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ConfigError(f"--seed must be an integer in [0, 2^32), got {seed!r}")
-    run_dir = Path(run_dir)
-    run, model = load_finished(run_dir)
-    cfg, data = run.cfg, run.data
-    n_bins = _check_n_bins(cfg.ece_bins if n_bins is None else n_bins)
+    if n_bins is not None:
+        _check_n_bins(n_bins)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"--samples must be an integer >= 0, got {samples!r}")
     if arviz is not None and samples < 1:
         raise ConfigError("--arviz needs --samples S (S >= 1): it stores the Monte Carlo draws")
     if isinstance(loo_max, bool) or not isinstance(loo_max, int) or loo_max < 1:
         raise ConfigError(f"loo_max must be an integer >= 1, got {loo_max!r}")
-    if arviz is not None and not Path(arviz).parent.is_dir():
-        raise ConfigError(f"--arviz: folder {Path(arviz).parent} does not exist")
+    if arviz is not None:
+        _check_arviz_path(Path(arviz))
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir} is not a run folder (no such folder)")
+    check_kind(run_dir, "run")
+    if not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
+    check_writable(run_dir, "run folder")
+    with exclusive(run_dir, "evaluate", kind="run"):  # eval.json and the plots have one writer
+        return _evaluate_run(run_dir, ood, corruptions, temperature, n_bins, corruptions_root, sample_probs,
+                             samples, arviz, seed, loo_max, progress)
+
+
+def _check_arviz_path(path: Path) -> None:
+    """``--arviz`` names a netCDF file to (over)write, in a writable folder."""
+    if path.is_dir():
+        raise ConfigError(f"--arviz {path} is a folder; name a file, e.g. {path / 'posterior.nc'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--arviz: folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write to {path}: {path.parent} is not writable")
+
+
+def _evaluate_run(run_dir: Path, ood: str | None, corruptions: bool, temperature: bool, n_bins: int | None,
+                  corruptions_root: str | Path | None, sample_probs: SampleProbs | None, samples: int,
+                  arviz: str | Path | None, seed: int, loo_max: int, progress: bool) -> dict[str, Any]:
+    """:func:`evaluate_run` once its arguments are checked and its folder is held."""
+    from bayessparse.train import load_finished, measured_density
+
+    run, model = load_finished(run_dir)
+    cfg, data = run.cfg, run.data
+    n_bins = _check_n_bins(cfg.ece_bins if n_bins is None else n_bins)
     kind = input_kind(cfg.data, data.input_shape)
     ood_name = None if ood == NO_OOD else check_ood(ood, kind, cfg.data)
     folder_suite = folder_corruption_suite(corruptions_root, cfg.data) if corruptions_root is not None else None

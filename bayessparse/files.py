@@ -1,23 +1,30 @@
 """Atomic file writes: a reader (or a crash) never sees a half-written file.
 
-Each writer puts the bytes in a temporary file in the target's folder and renames it over the
-target; ``os.replace`` is atomic on POSIX and Windows.
+Each writer puts the bytes in a temporary file in the target's folder (named by
+:data:`TEMPORARY`), flushes it to the disk (``fsync``), renames it over the target (``os.replace``
+is atomic on POSIX and Windows) and flushes the folder, so that the rename survives a power loss.
+An interrupted writer removes its temporary file; one killed outright (SIGKILL) cannot, and the
+next writer of the folder does (:func:`bayessparse.folders.exclusive`).
+
+A write that fails (a full or read-only disk, a file too large) raises
+:class:`~bayessparse.errors.WriteError` naming the target, not the temporary file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import io
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 
-from bayessparse.errors import ConfigError
+from bayessparse.errors import ConfigError, WriteError
 
 # The process umask, read once at import (os.umask can only be read by setting it): mkstemp
 # creates files 0600, and a result file should get the permissions an ordinary open() gives.
@@ -25,18 +32,39 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
+#: The name of a temporary file of :func:`write_atomic`: ``.TARGET.XXXXXXXX.tmp`` (``tempfile.mkstemp``).
+TEMPORARY = re.compile(r"\..+\.[a-z0-9_]{8}\.tmp")
+
+
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp_path)`` and move the result onto ``path`` (mode ``0666 & ~umask``)."""
+    """Call ``write(tmp_path)`` and move the result onto ``path`` (mode ``0666 & ~umask``), durably."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise WriteError(exc.errno, exc.strerror, str(path)) from None
     os.close(fd)
     try:
         write(Path(tmp))
         os.chmod(tmp, 0o666 & ~_UMASK)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise WriteError(exc.errno, exc.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: str | Path) -> None:
+    """Flush a file's (or a folder's) data to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -74,30 +102,12 @@ def _fixed_svg_ids():
         yield
 
 
-#: The lock file a writer holds in its output folder (kept; the lock is the open file's, not the name's).
-LOCK = ".bayessparse.lock"
-
-
-@contextlib.contextmanager
-def exclusive(folder: str | Path, what: str) -> Iterator[Path]:
-    """Hold the one-writer lock of ``folder`` (created if missing) for the block; yields the folder.
-
-    An exclusive ``flock`` on ``folder/.bayessparse.lock``, released when the block ends or the
-    process dies. A second writer -- another process, or another open in this one -- is refused at
-    once with a one-line :class:`ConfigError` (``what`` names the refused work, e.g. ``"train"``).
-    """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise ConfigError(f"cannot {what} into {folder}: another process is writing it") from None
-        yield folder
-
-
 def save_torch(path: str | Path, obj: Any) -> None:
-    write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """``torch.save`` atomically; serialised in memory first, so that a full disk is an ``OSError``
+    (torch's own file writer reports it as an obscure ``RuntimeError``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    write_atomic(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()))
 
 
 def load_torch(path: str | Path) -> Any:

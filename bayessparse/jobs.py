@@ -40,7 +40,8 @@ def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, *, progr
     """``[fn(job) for job in jobs]``, computed by ``workers`` processes; the first failure is re-raised.
 
     On a failure the jobs not yet started are cancelled; the finished ones have written their
-    folders, so re-running the same jobs continues where they stopped.
+    folders, so re-running the same jobs continues where they stopped. An interrupt (Ctrl-C, or
+    SIGTERM turned into one by the CLI) stops the workers at once instead of waiting for their jobs.
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -56,15 +57,34 @@ def run_jobs(fn: Callable[[J], R], jobs: Sequence[J], workers: int = 1, *, progr
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=context,
                              initializer=_init_worker) as pool:
         futures = [pool.submit(fn, job) for job in jobs]
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            bar.update(len(done))
-            failed = next((f for f in done if f.exception() is not None), None)
-            if failed is not None:
-                for f in pending:
-                    f.cancel()
-                bar.close()
-                raise failed.exception()  # type: ignore[misc]
+        try:
+            _collect(futures, bar)
+        except KeyboardInterrupt:
+            _stop_workers(pool)
+            raise
     bar.close()
     return [f.result() for f in futures]
+
+
+def _collect(futures: list, bar: tqdm) -> None:
+    """Wait for every future; on the first failure cancel the rest and re-raise it."""
+    pending = set(futures)
+    while pending:
+        done, pending = wait(pending, return_when=FIRST_COMPLETED)
+        bar.update(len(done))
+        failed = next((f for f in done if f.exception() is not None), None)
+        if failed is not None:
+            for f in pending:
+                f.cancel()
+            bar.close()
+            raise failed.exception()  # type: ignore[misc]
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes (a job's half-done folder is resumed by the next run)."""
+    processes = list(getattr(pool, "_processes", {}).values())  # no public API before Python 3.14
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=10)

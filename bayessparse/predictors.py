@@ -30,7 +30,8 @@ from torch.utils.data import Dataset, TensorDataset
 from bayessparse.batches import batches
 from bayessparse.data.corruptions import SEVERITIES, corruption_suite, input_kind, materialize
 from bayessparse.data.ood import check_ood, make_ood
-from bayessparse.predict import predict_logits
+from bayessparse.errors import ConfigError
+from bayessparse.predict import check_dataset, predict_logits
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.ood import ood_metrics
 from bayessparse.uncertainty.temperature import fit_temperature
@@ -39,7 +40,8 @@ Predictor = Callable[[Dataset], Tensor]
 
 
 def labels_of(dataset: Dataset, batch_size: int = 1024) -> Tensor:
-    return torch.cat([y for _, y in batches(dataset, batch_size)])
+    """The labels ``(N,)`` of a non-empty dataset of ``(x, y)`` pairs, in order."""
+    return torch.cat([y for _, y in batches(check_dataset(dataset), batch_size)])
 
 
 def model_predictor(run: Any, model: torch.nn.Module) -> Predictor:
@@ -65,7 +67,13 @@ def mc_predictor(run: Any, model: torch.nn.Module, samples: int, seed: int = 0) 
 
 
 def ensemble_predictor(members: Sequence[Predictor]) -> Predictor:
-    """``log (1/M) Σ_m softmax(member_m)``."""
+    """``log (1/M) Σ_m softmax(member_m)``; ``members`` is a non-empty sequence of predictors."""
+    if isinstance(members, (str, bytes)) or not isinstance(members, Sequence):
+        raise ConfigError(f"members must be a sequence of predictors, got {type(members).__name__}")
+    if not members or not all(callable(m) for m in members):
+        raise ConfigError(f"members must be a non-empty sequence of predictors, got {members!r:.80}")
+    members = list(members)
+
     def predict(dataset: Dataset) -> Tensor:
         logp = torch.stack([torch.log_softmax(m(dataset).double(), -1) for m in members])
         return torch.logsumexp(logp, 0) - math.log(len(members))
@@ -82,6 +90,8 @@ def scorecard(run: Any, predict: Predictor, *, corruptions: bool = False, ood: b
               n_bins: int | None = None, seed: int = 0) -> dict[str, Any]:
     """Test metrics of ``predict``; with ``corruptions`` the mean over corruption types per severity,
     with ``ood`` detection of the dataset's default OOD set (see the module docstring)."""
+    if not callable(predict):
+        raise ConfigError(f"predict must be a predictor (dataset -> logits), got {type(predict).__name__}")
     cfg, data = run.cfg, run.data
     n_bins = cfg.ece_bins if n_bins is None else n_bins
     test = data.test

@@ -37,7 +37,8 @@ from bayessparse import data as datasets
 from bayessparse.batches import batches, inputs, num_batches
 from bayessparse.config import TrainConfig, dump_yaml, read_yaml, resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.files import exclusive, load_torch, save_torch, write_json, write_text
+from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method, check_method
 from bayessparse.predict import predict_probs
@@ -235,6 +236,17 @@ def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
     return value
 
 
+def check_finite(run: Run) -> None:
+    """Raise :class:`TrainingDiverged` if a weight or a BatchNorm statistic is NaN or infinite.
+
+    The loss check of every step sees a divergence one step late; this one, at the end of each
+    epoch, catches the last step's (before the validation pass would trip over the NaN outputs).
+    """
+    for name, tensor in [*run.model.named_parameters(), *run.model.named_buffers()]:
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise TrainingDiverged(f"{name} became non-finite at epoch {run.epoch + 1}, step {run.step}")
+
+
 def train_epoch(run: Run, progress: bool) -> float:
     """One pass over the shuffled training set; returns the mean training loss."""
     run.model.train()
@@ -245,6 +257,15 @@ def train_epoch(run: Run, progress: bool) -> float:
         total += train_step(run, x, y) * len(y)
         count += len(y)
     return total / count
+
+
+def validation_probs(run: Run, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """Validation probabilities and labels of ``model``; non-finite outputs (finite weights too large
+    for the forward pass) are a divergence."""
+    probs, labels = predict_probs(model, run.data.val, run.cfg.eval_batch_size, run.device)
+    if not bool(torch.isfinite(probs).all()):
+        raise TrainingDiverged(f"the network's outputs became non-finite at epoch {run.epoch}, step {run.step}")
+    return probs, labels
 
 
 def recalibrate_batchnorm(run: Run, model: nn.Module) -> None:
@@ -258,17 +279,18 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
     cfg = run.cfg
     epochs = tqdm(range(run.epoch, cfg.epochs), initial=run.epoch, total=cfg.epochs, desc=cfg.method, disable=not progress)
     for _ in epochs:
-        start = time.perf_counter()
+        start, saved = time.perf_counter(), run.epoch
         try:
             loss = train_epoch(run, progress)
+            check_finite(run)
+            run.epoch += 1
+            run.method.end_of_epoch(run.epoch, run.step)
+            run.train_seconds += time.perf_counter() - start
+            current = run.method.current_model(run.model, lambda m: recalibrate_batchnorm(run, m))
+            val = summary(*validation_probs(run, current), n_bins=cfg.ece_bins)
         except TrainingDiverged as exc:
-            kept = f"the checkpoint of epoch {run.epoch} is kept" if run.epoch and checkpoint else "nothing was saved"
+            kept = f"the checkpoint of epoch {saved} is kept" if saved and checkpoint else "nothing was saved"
             raise TrainingDiverged(f"{exc}; {kept}") from None
-        run.epoch += 1
-        run.method.end_of_epoch(run.epoch, run.step)
-        run.train_seconds += time.perf_counter() - start
-        current = run.method.current_model(run.model, lambda m: recalibrate_batchnorm(run, m))
-        val = summary(*predict_probs(current, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
         run.history.append({"epoch": run.epoch, "train_loss": loss, "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
         epochs.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val['accuracy']:.3f}")
         if checkpoint is not None:
@@ -330,25 +352,57 @@ def preserved_random_state() -> Iterator[None]:
 
 
 def _load_finished(run_dir: Path) -> tuple[Run, nn.Module]:
+    check_kind(run_dir, "run")
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
     cfg = resolve(read_yaml(run_dir / CONFIG))
-    state = load_torch(run_dir / CHECKPOINT)
+    state = read_checkpoint(run_dir / CHECKPOINT)
+    check_same_config(cfg, state["config"], run_dir / CHECKPOINT)
     if "final_model" not in state:
         raise ConfigError(f"the run in {run_dir} has not finished (resume it with: bayessparse train --out {run_dir} --resume)")
     run = build_run(cfg)
-    run.load_state_dict(state)
+    restore(run, state, run_dir / CHECKPOINT)
     final = run.method.evaluated_structure(run.model)
-    final.load_state_dict(state["final_model"])
+    with _foreign(run_dir / CHECKPOINT):
+        final.load_state_dict(state["final_model"])
     final.eval()
     return run, final
 
 
-def check_same_config(cfg: TrainConfig, saved: dict[str, Any], checkpoint: Path) -> None:
-    """A resumed run must continue with the exact configuration it was started with."""
+#: The entries every run checkpoint holds (:meth:`Run.state_dict`).
+CHECKPOINT_KEYS = ("config", "model", "optimizer", "method", "generator", "epoch", "step", "history")
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A run checkpoint, loaded safely (:func:`~bayessparse.files.load_torch`) and checked for its entries."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS) \
+            or not isinstance(state["config"], dict):
+        raise ConfigError(f"{path} is not a bayessparse run checkpoint")
+    return state
+
+
+@contextlib.contextmanager
+def _foreign(path: Path) -> Iterator[None]:
+    """A checkpoint whose tensors do not fit the run's model, method or optimizer is a one-line error."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{path} does not fit the run it belongs to ({reason})") from None
+
+
+def restore(run: Run, state: dict[str, Any], path: Path) -> None:
+    """``run.load_state_dict(state)``; a foreign or damaged checkpoint is a one-line error."""
+    with _foreign(path):
+        run.load_state_dict(state)
+
+
+def check_same_config(cfg: TrainConfig, saved: dict[str, Any], checkpoint: Path, ignore: tuple[str, ...] = ()) -> None:
+    """The checkpoint must belong to the configuration it is used with (a resumed run, ``config.yaml``)."""
     for name, value in cfg.to_dict().items():
-        if saved.get(name) != value:
-            raise ConfigError(f"{name}={value!r} differs from the run in {checkpoint.parent} ({saved.get(name)!r})")
+        if name not in ignore and saved.get(name) != value:
+            raise ConfigError(f"{name}={value!r} differs from the run in {checkpoint} ({saved.get(name)!r})")
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -359,15 +413,18 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     ``reliability.png``. Every input is validated before the folder is created; the folder has one
     writer at a time (:func:`bayessparse.files.exclusive`: a second one exits with a one-line error).
     """
-    out = Path(out)
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"train expects a TrainConfig (bayessparse.config.resolve(...)), got {type(cfg).__name__}")
+    out = check_writable(out)
+    check_kind(out, "run")
     resume_from = prepare_run_dir(cfg, out, resume)
-    state = load_torch(resume_from) if resume_from is not None else None
+    state = read_checkpoint(resume_from) if resume_from is not None else None
     if state is not None:
         check_same_config(cfg, state["config"], resume_from)
     run = build_run(cfg)
     if state is not None:
-        run.load_state_dict(state)
-    with exclusive(out, "train"):
+        restore(run, state, resume_from)
+    with exclusive(out, "train", kind="run"):
         if prepare_run_dir(cfg, out, resume) != resume_from:  # another writer came and went meanwhile
             raise ConfigError(f"{out} changed while this run was being set up; run the command again")
         write_text(out / CONFIG, dump_yaml(cfg))

@@ -41,9 +41,10 @@ def test_unreadable_checkpoint_is_one_line(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    (out / "config.yaml").write_text("data: digits\nmodel: mlp\n")
     code, _, stderr = _run(capsys, "train", "--data", "digits", "--model", "mlp", "--out", str(out), "--resume", "--no-progress")
     assert code == 2 and stderr.count("\n") == 1 and "cannot read checkpoint" in stderr
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml"]
 
 
 def test_bad_flag_type_is_one_line(capsys):

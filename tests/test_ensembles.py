@@ -291,7 +291,7 @@ def test_mask_overlap_definition():
         (["--kind", "edst", "--method", "lottery"], "unknown method 'lottery'"),
         (["--kind", "edst", "--method", "rigl", "--engine", "pyro"], "plain engine only"),
         (["--kind", "dst", "--model", "transformer"], "unknown model 'transformer'"),
-        (["--kind", "dst", "--dense-reference", "no/such/run"], "dense reference"),
+        (["--kind", "dst", "--dense-reference", "no/such/run"], "--dense-reference"),
     ],
 )
 def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, flags, needle):

@@ -1,6 +1,6 @@
 """One writer per output folder: while a process holds a folder, every other writer is refused.
 
-The hold is an exclusive ``flock`` on ``FOLDER/.bayessparse.lock`` (:func:`bayessparse.files.exclusive`),
+The hold is an exclusive ``flock`` on ``FOLDER/.bayessparse.lock`` (:func:`bayessparse.folders.exclusive`),
 taken by ``train``, ``ensemble``, ``imp`` and ``study`` after their inputs are validated. A second open of
 the lock file conflicts even within one process, so a test can hold the folder itself; the CLI cases run
 the real commands and check the exit code, the single stderr line and that the folder is left as it was.
@@ -14,7 +14,7 @@ import pytest
 
 from bayessparse.cli import main
 from bayessparse.errors import ConfigError
-from bayessparse.files import LOCK, exclusive
+from bayessparse.folders import LOCK, exclusive
 
 COMMANDS = {
     "train": ["train", "--data", "digits", "--model", "mlp", "--method", "rigl", "--epochs", "1"],
@@ -49,7 +49,7 @@ def test_the_lock_is_released_when_its_process_dies(tmp_path):
     out = tmp_path / "out"
     holder = textwrap.dedent(f"""
         import os
-        from bayessparse.files import exclusive
+        from bayessparse.folders import exclusive
         with exclusive({str(out)!r}, "training"):
             os._exit(0)  # dies holding the lock, without unwinding
     """)

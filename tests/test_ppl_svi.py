@@ -11,7 +11,8 @@ import bayessparse.train as train_module
 from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.errors import TrainingDiverged
-from bayessparse.files import LOCK, load_torch
+from bayessparse.files import load_torch
+from bayessparse.folders import LOCK, MARKER
 from bayessparse.ppl.svi import ScheduledSGD, random_mask_draw
 from bayessparse.train import build_run, train, train_step
 
@@ -36,7 +37,7 @@ def _batches(run, n, seed=1):
 def test_run_folder_contract_and_pyro_state_in_the_checkpoint(tmp_path):
     out = tmp_path / "run"
     train(resolve(DIGITS, {"method": "cigl", "epochs": 2}), out, progress=False)
-    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "checkpoint.pt", "reliability.png", LOCK}
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "checkpoint.pt", "reliability.png", LOCK, MARKER}
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["method"] == "cigl" and saved["accuracy"] > 0.5 and len(saved["history"]) == 2
     assert saved["density"] == pytest.approx(0.2, abs=0.01)

@@ -9,7 +9,7 @@ import pytest
 from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
-from bayessparse.files import LOCK
+from bayessparse.folders import LOCK
 from bayessparse.stats import interval
 from bayessparse.study import _locked, run_study
 from bayessparse.study.cells import folder_for

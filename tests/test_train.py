@@ -13,7 +13,8 @@ import yaml
 import bayessparse.train as train_module
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.files import LOCK, load_torch
+from bayessparse.files import load_torch
+from bayessparse.folders import LOCK, MARKER
 from bayessparse.train import build_run, lr_factor, measured_density, train
 
 FAST = {"data": "digits", "model": "mlp", "epochs": 3, "batch_size": 64, "lr": 0.05}
@@ -42,7 +43,7 @@ def test_lr_schedules():
 def test_run_folder_contract(tmp_path):
     out = tmp_path / "run"
     metrics = train(resolve(FAST), out, progress=False)
-    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "checkpoint.pt", "reliability.png", LOCK}
+    assert {p.name for p in out.iterdir()} == {"config.yaml", "metrics.json", "checkpoint.pt", "reliability.png", LOCK, MARKER}
     saved = json.loads((out / "metrics.json").read_text())
     for key in ("accuracy", "nll", "ece", "brier", "density", "method", "sparsity", "seed", "epochs", "train_seconds"):
         assert key in saved

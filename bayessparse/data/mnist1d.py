@@ -20,6 +20,8 @@ import json
 import os
 import random
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -81,18 +83,45 @@ def cached_arrays(args: dict) -> dict[str, np.ndarray]:
     """The generated arrays (``x`` float32, ``y`` int64, ``x_test``, ``y_test``), from the cache when present.
 
     A fresh generation is written atomically (temporary file, then ``os.replace``); if the cache folder
-    is not writable the data is still returned, with a warning.
+    is not writable the data is still returned, with a warning. A cache file that cannot be read
+    (truncated, not an ``.npz``, pickled objects) or does not hold the four arrays with the expected
+    dtypes and shapes is reported in one warning and regenerated in place.
     """
     path = cache_path(args)
     if path.is_file():
-        with np.load(path) as cached:
-            return {name: cached[name] for name in _ARRAYS}
+        arrays = _read_cache(path, args)
+        if arrays is not None:
+            return arrays
+        warnings.warn(f"MNIST-1D cache {path} is corrupt or incomplete; regenerating it", stacklevel=2)
     arrays = generate(args)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda tmp: _save_npz(tmp, arrays))
     except OSError as err:
         warnings.warn(f"could not cache MNIST-1D at {path}: {err}", stacklevel=2)
+    return arrays
+
+
+def _read_cache(path: Path, args: dict) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or ``None`` if the file is unreadable or its arrays are not what ``generate`` writes."""
+    try:
+        with path.open("rb") as handle:  # our handle: np.load leaves its own open when the zip is unreadable
+            cached = np.load(handle, allow_pickle=False)
+            if isinstance(cached, np.ndarray):  # a single .npy array
+                return None
+            with cached:
+                arrays = {name: cached[name] for name in _ARRAYS}
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error):
+        return None
+    length = args["final_seq_length"]
+    for x_name, y_name in (("x", "y"), ("x_test", "y_test")):
+        x, y = arrays[x_name], arrays[y_name]
+        if x.dtype != np.float32 or x.ndim != 2 or x.shape[0] == 0 or x.shape[1] != length:
+            return None
+        if y.dtype != np.int64 or y.shape != (x.shape[0],) or y.min() < 0 or y.max() >= NUM_CLASSES:
+            return None
+        if not np.isfinite(x).all():
+            return None
     return arrays
 
 

@@ -39,7 +39,7 @@ from pyro.infer import SVI, Trace_ELBO
 from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
-from bayessparse.batches import batches
+from bayessparse.batches import batches, num_batches
 from bayessparse.ppl.guide import FAMILIES, KEEPS, SparseGuide
 from bayessparse.ppl.model import LIKELIHOODS, SparseNetModel
 from bayessparse.ppl.predictive import predictive
@@ -161,7 +161,7 @@ class SparseBNN:
         _check(isinstance(epochs, int) and epochs >= 1, "epochs", "an int >= 1", epochs)
         _check(isinstance(batch_size, int) and batch_size >= 1, "batch_size", "an int >= 1", batch_size)
         _check(lr > 0, "lr", "> 0", lr)
-        per_epoch = math.ceil(len(dataset) / batch_size)
+        per_epoch = num_batches(dataset, batch_size)
         if self.model is None:
             self._build(len(dataset), epochs * per_epoch, per_epoch)
         if optim is None:

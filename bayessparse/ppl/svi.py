@@ -31,6 +31,7 @@ Given the same random masks (conditioned in the tests), both engines produce the
 from __future__ import annotations
 
 import contextlib
+import warnings
 import functools
 import math
 from collections.abc import Mapping
@@ -218,7 +219,9 @@ class StructuredSVI(SVI):
         given = DrawnLatents(values) if values else contextlib.nullcontext()
         # The parameters are the same at every step: SVI.step traces them each time, this step once.
         capture = poutine.trace(param_only=True) if self._params is None else contextlib.nullcontext()
-        with capture as param_capture, given, drawn, dense:
+        with capture as param_capture, given, drawn, dense, warnings.catch_warnings():
+            # A NaN loss is reported once, as TrainingDiverged below, not also as Pyro's warning.
+            warnings.filterwarnings("ignore", message="Encountered NaN", category=UserWarning)
             loss = self.loss_and_grads(self.model, self.guide, *args, **kwargs)
         if self._params is None:
             self._params = [site["value"].unconstrained() for site in param_capture.trace.nodes.values()]

@@ -66,7 +66,8 @@ from bayessparse import data as datasets
 from bayessparse.config import TrainConfig, coerce
 from bayessparse.data.noise import noisy_label_posterior
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.files import exclusive, load_torch, save_torch, write_json, write_text
+from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.predict import predict_logits
 from bayessparse.sparsity.density import prunable_weights
 from bayessparse.sparsity.training import SparseTraining
@@ -386,6 +387,31 @@ def _config_text(cfg: TrainConfig, settings: IMPSettings) -> str:
     return yaml.safe_dump({**cfg.to_dict(), "imp": settings.to_dict()}, sort_keys=False)
 
 
+#: The entries of ``imp_state.pt`` and their types.
+_STATE_TYPES = {"version": int, "config": dict, "settings": dict, "masks": dict, "model": dict, "records": list}
+
+
+def _read_state(path: Path) -> dict[str, Any]:
+    """``imp_state.pt``, loaded safely and checked for its entries (a foreign file is a one-line error)."""
+    state = load_torch(path)
+    if not isinstance(state, dict) or any(not isinstance(state.get(k), t) for k, t in _STATE_TYPES.items()) \
+            or not (state.get("rewind") is None or isinstance(state["rewind"], dict)):
+        raise ConfigError(f"{path} is not an IMP sweep state")
+    return state
+
+
+def _check_fits(state: dict[str, Any], model: nn.Module, path: Path) -> None:
+    """The saved masks and rewind point must be those of this model (same layers, same shapes)."""
+    weights = prunable_weights(model)
+    shapes = {name: tuple(w.shape) for name, w in weights.items()}
+    if {n: tuple(getattr(m, "shape", ())) for n, m in state["masks"].items()} != shapes:
+        raise ConfigError(f"{path} does not fit model {state['config'].get('model')!r}: its masks differ")
+    if state["rewind"] is not None:
+        expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+        if {n: tuple(getattr(t, "shape", ())) for n, t in state["rewind"].items()} != expected:
+            raise ConfigError(f"{path} does not fit the model: its rewind point differs")
+
+
 def _check_resume(state: dict[str, Any], cfg: TrainConfig, settings: IMPSettings, out: Path) -> None:
     """A resumed sweep continues with the same config and settings (only ``rounds`` may change)."""
     for name, value in cfg.to_dict().items():
@@ -416,7 +442,8 @@ def imp(
     from bayessparse.plots.double_descent import plot_double_descent
     from bayessparse.train import load_data
 
-    out = Path(out)
+    out = check_writable(out)
+    check_kind(out, "imp")
     if cfg.engine != "plain":  # rewinding restores a torch optimizer and schedule per round
         raise ConfigError(f"IMP runs on the plain engine only, not engine '{cfg.engine}'")
     settings = resolve_settings(settings.to_dict(), epochs=cfg.epochs)
@@ -425,7 +452,7 @@ def imp(
         raise ConfigError(f"{out} already holds an IMP sweep: pass --resume to continue it, or choose another --out")
     if resume and not state_path.exists() and (out / RESULTS).exists():
         raise ConfigError(f"{out} has {RESULTS} but no {STATE}: it cannot be resumed")
-    state = load_torch(state_path) if resume and state_path.exists() else None
+    state = _read_state(state_path) if resume and state_path.exists() else None
     if state is not None:
         _check_resume(state, cfg, settings, out)
 
@@ -437,12 +464,14 @@ def imp(
     if not pruned_names:
         raise ConfigError(f"model {cfg.model!r} has no prunable weight outside its output layer (use --prune-output)")
     total = sum(weights[n].numel() for n in pruned_names)
+    if state is not None:
+        _check_fits(state, run.model, state_path)
     if survivors_after(total, settings.prune_fraction, settings.rounds) < 1:
         raise ConfigError(
             f"rounds={settings.rounds} at prune_fraction={settings.prune_fraction} would prune all {total} weights"
         )
 
-    with exclusive(out, "run an IMP sweep"):  # one writer; it creates the folder
+    with exclusive(out, "run an IMP sweep", kind="imp"):  # one writer; it creates the folder
         write_text(out / CONFIG, _config_text(cfg, settings))
         if state is None:
             records: list[dict[str, Any]] = []

@@ -21,7 +21,8 @@ import torch
 
 from bayessparse.config import TrainConfig
 from bayessparse.errors import ConfigError
-from bayessparse.files import exclusive, write_text
+from bayessparse.files import write_text
+from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.jobs import run_jobs
 from bayessparse.study.cells import check_cells, score
 from bayessparse.study.plan import plan, row_cell
@@ -53,7 +54,7 @@ def default_spec(quick: bool = False) -> Path:
 
 def _locked(out: Path) -> contextlib.AbstractContextManager:
     """The study's hold on its output folder (one writer per folder)."""
-    return exclusive(out, "run a study")
+    return exclusive(out, "run a study", kind="study")
 
 
 def _predictions(spec: StudySpec, root: Path):
@@ -78,7 +79,8 @@ def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs:
               progress: bool = True, command: str | None = None) -> dict[str, Any]:
     """Run (or continue) the study of ``spec_path`` in ``out``; write its report; return a summary."""
     spec = read_spec(spec_path)
-    out = Path(out)
+    out = check_writable(out)
+    check_kind(out, "study")
     if docs is not None and not Path(docs).is_dir():
         raise ConfigError(f"--docs: folder {docs} does not exist")
     command = command or f"bayessparse study --config {spec_path}"

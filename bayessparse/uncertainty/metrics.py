@@ -4,7 +4,9 @@ Pure torch functions, no training code. Every ``probs`` argument is either a ten
 probabilities of shape ``(N, C)`` or per-sample probabilities of shape ``(S, N, C)`` (S posterior
 samples, ensemble members or MC-dropout passes); the latter are first averaged over ``S`` into
 the predictive mean ``p̄(y | x) = (1/S) Σ_s p_s(y | x)``, on which every metric is defined.
-``labels`` are integer class indices of shape ``(N,)``.
+``labels`` are integer class indices of shape ``(N,)``. Probabilities may be float16 or bfloat16:
+they are checked with a tolerance that fits their rounding (:func:`prob_atol`), converted to float32
+and renormalised to sum to 1, and every metric is computed in float32 or float64.
 
 Binning convention (shared by the ECE and the reliability diagram, see :func:`calibration_bins`):
 ``n_bins`` equal-width bins with edges ``torch.linspace(0, 1, n_bins + 1)``; bin ``b`` holds the
@@ -34,10 +36,22 @@ __all__ = [
     "ece_from_bins",
     "expected_calibration_error",
     "summary",
+    "prob_atol",
 ]
 
-#: Tolerance on ``|Σ_c p_c − 1|`` and on entries slightly outside ``[0, 1]`` (float32/half rounding).
+#: Tolerance on ``|Σ_c p_c − 1|`` and on entries slightly outside ``[0, 1]`` (float32 rounding); see :func:`prob_atol`.
 PROB_ATOL = 1e-3
+
+
+def prob_atol(dtype: torch.dtype) -> float:
+    """The tolerance of the probability checks for probabilities stored as ``dtype``: ``max(PROB_ATOL, 4 eps)``.
+
+    That is ``PROB_ATOL`` for float32 and float64, about 0.0039 for float16 and 0.031 for bfloat16
+    (``eps = 2^-7``). Rounding a probability to ``dtype`` moves it by at most ``eps / 2`` of its value, so
+    the row sum (taken in float64) moves by at most ``eps / 2`` whatever the number of classes; the rest
+    is headroom for a softmax or a normalisation computed in that dtype. Rows summing to 0.9 fail in all four.
+    """
+    return max(PROB_ATOL, 4 * torch.finfo(dtype).eps)
 
 
 def _check_labels(labels: Tensor, n: int, c: int) -> Tensor:
@@ -68,15 +82,23 @@ def predictive_mean(probs: Tensor) -> Tensor:
     return probs if probs.dim() == 2 else probs.mean(dim=0)
 
 
+def _check_normalised(probs: Tensor) -> None:
+    """Entries in ``[0, 1]`` and rows summing to 1 (in float64), within :func:`prob_atol` of the dtype."""
+    atol = prob_atol(probs.dtype)
+    if probs.min() < -atol or probs.max() > 1 + atol:
+        raise ValueError("probs must lie in [0, 1] (got values outside; pass softmax outputs, not logits)")
+    sums = probs.sum(-1, dtype=torch.float64)
+    if not torch.allclose(sums, torch.ones((), dtype=sums.dtype, device=sums.device), atol=atol):
+        raise ValueError(f"probs must sum to 1 over the class dimension (within {atol:.2g} for {probs.dtype})")
+
+
 def _prepare(probs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Validate ``probs``/``labels`` and return the ``(N, C)`` predictive mean and int64 labels."""
     probs, labels = _check_scores(probs, labels, "probs")
-    if probs.min() < -PROB_ATOL or probs.max() > 1 + PROB_ATOL:
-        raise ValueError("probs must lie in [0, 1] (got values outside; pass softmax outputs, not logits)")
-    if not torch.allclose(probs.sum(-1), torch.ones((), dtype=probs.dtype, device=probs.device), atol=PROB_ATOL):
-        raise ValueError(f"probs must sum to 1 over the class dimension (within {PROB_ATOL})")
-    if probs.dtype not in (torch.float32, torch.float64):
+    _check_normalised(probs)
+    if probs.dtype not in (torch.float32, torch.float64):  # float16 / bfloat16: float32, rows renormalised
         probs = probs.float()
+        probs = probs / probs.sum(-1, keepdim=True)
     return predictive_mean(probs), labels
 
 

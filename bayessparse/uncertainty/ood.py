@@ -33,7 +33,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from bayessparse.uncertainty.metrics import PROB_ATOL, predictive_mean
+from bayessparse.uncertainty.metrics import _check_normalised, predictive_mean
 
 __all__ = [
     "SCORES",
@@ -58,14 +58,11 @@ def _check_probs(probs: Tensor) -> Tensor:
     empty = probs.dim() in (2, 3) and (probs.shape[-2] == 0 or (probs.dim() == 3 and probs.shape[0] == 0))
     if probs.dim() not in (2, 3) or empty or probs.shape[-1] < 2:
         raise ValueError(f"probs must have shape (N, C) or (S, N, C) with N, S >= 1, C >= 2, got {tuple(probs.shape)}")
-    probs = probs.detach().double()
+    probs = probs.detach()
     if not torch.isfinite(probs).all():
         raise ValueError("probs contain NaN or infinite values")
-    if probs.min() < -PROB_ATOL or probs.max() > 1 + PROB_ATOL:
-        raise ValueError("probs must lie in [0, 1] (got values outside; pass softmax outputs, not logits)")
-    if not torch.allclose(probs.sum(-1), torch.ones((), dtype=probs.dtype, device=probs.device), atol=PROB_ATOL):
-        raise ValueError(f"probs must sum to 1 over the class dimension (within {PROB_ATOL})")
-    return probs.clamp(0.0, 1.0)
+    _check_normalised(probs)  # tolerance of the input dtype (bfloat16 rounding is coarser than float32's)
+    return probs.double().clamp(0.0, 1.0)
 
 
 def _entropy_rows(p: Tensor) -> Tensor:
