@@ -154,6 +154,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bayessparse.bench import SETUPS, measure
     from bayessparse.files import write_json
 
+    if args.kernels:
+        return _bench_kernels(args)
     setups = _names(args.setups)
     if not setups:
         raise ConfigError(f"--setups names no setup, got {args.setups!r} (choose from: {', '.join(SETUPS)})")
@@ -179,6 +181,44 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.out is not None:
         write_json(args.out, results)
     return 0
+
+
+def _bench_kernels(args: argparse.Namespace) -> int:
+    """``bench --kernels``: the dense / masked-dense / sparse-kernel grid (:mod:`bayessparse.kernels.grid`)."""
+    from bayessparse.files import write_json
+    from bayessparse.kernels.grid import MODELS, markdown, measure_grid
+
+    models = _names(args.models)
+    unknown = [m for m in models if m not in MODELS]
+    if not models or unknown:
+        raise ConfigError(f"--models must name some of {', '.join(MODELS)}, got {args.models!r}")
+    sparsities = _numbers(args.sparsities, "--sparsities", float)
+    batches = _numbers(args.batches, "--batches", int)
+    if any(not 0.0 < s < 1.0 for s in sparsities):
+        raise ConfigError(f"--sparsities must lie in (0, 1), got {args.sparsities!r}")
+    if any(b < 1 for b in batches):
+        raise ConfigError(f"--batches must be >= 1, got {args.batches!r}")
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    if args.out is not None:
+        _check_output_file(args.out, "--out")
+    cells = measure_grid(models, sparsities, batches, rounds=args.rounds, steps=args.steps, device=args.device,
+                         progress=True)
+    print(markdown(cells))
+    if args.out is not None:
+        write_json(args.out, cells)
+    return 0
+
+
+def _numbers(text: str, flag: str, kind: type) -> list:
+    try:
+        values = [kind(v) for v in _names(text)]
+    except ValueError:
+        raise ConfigError(f"{flag} must be a comma-separated list of numbers, got {text!r}") from None
+    if not values:
+        raise ConfigError(f"{flag} names no value, got {text!r}")
+    return values
 
 
 def _check_output_file(path: Path, flag: str) -> None:
@@ -223,6 +263,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     print(format_summary(record))
     print(f"-> {args.run / EVAL}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from bayessparse.export import export_run
+
+    info = export_run(args.run, args.out)
+    print(f"{info['path']}: {info['bytes']} bytes, {info['nnz']} non-zero weights stored sparse, "
+          f"{info['bytes'] / info['state_bytes']:.3f} x the dense checkpoint's model state ({info['state_bytes']} bytes)")
     return 0
 
 
@@ -301,6 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=10, help="steps per method per round")
     bench.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     bench.add_argument("--out", type=Path, help="write the results as JSON")
+    bench.add_argument("--kernels", action="store_true",
+                       help="the sparse-kernel grid: dense / masked-dense / sparse kernels, training and inference")
+    bench.add_argument("--models", default="mlp,cnn1d", help="--kernels: models (mlp at width 4, cnn1d)")
+    bench.add_argument("--sparsities", default="0.9,0.95,0.98", help="--kernels: sparsities")
+    bench.add_argument("--batches", default="1,256", help="--kernels: batch sizes")
     bench.set_defaults(func=cmd_bench)
 
     imp = sub.add_parser("imp", help="iterative magnitude pruning with rewinding: the sparse double descent")
@@ -322,6 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.set_defaults(func=cmd_study)
+
+    export = sub.add_parser("export", help="the evaluated network of a finished run as a compact safetensors file")
+    export.add_argument("run", type=Path, help="run folder (written by train or compare)")
+    export.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.safetensors")
+    export.set_defaults(func=cmd_export)
 
     ens = sub.add_parser("ensemble", help="FreeTickets DST / EDST ensembles of sparse networks")
     _add_run_flags(ens)

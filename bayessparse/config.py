@@ -65,6 +65,8 @@ class TrainConfig:
     # bookkeeping
     seed: int = 0
     engine: str = "plain"  # "plain" or "pyro"; methods that need Pyro (vcigl) default to "pyro"
+    kernels: str = "dense"  # sparse linear layers: "dense" (masked-dense), "sparse" or "auto" (docs/performance.md)
+    fused_mask: bool = False  # CigL on CUDA: Z drawn inside a fused kernel, never stored (CPU: the eager path)
     device: str = "auto"  # "auto", "cpu" or "cuda"
     eval_batch_size: int = 1024
     ece_bins: int = 15
@@ -90,6 +92,10 @@ FLOAT32_MAX = 3.4028234663852886e38
 #: Methods trained only as SVI (their latent Z is drawn by Pyro): the engine defaults to "pyro" for them.
 PYRO_METHODS = ("vcigl",)
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
+#: Every field's default, e.g. for a saved config written before the field existed.
+DEFAULTS = TrainConfig().to_dict()
+#: How sparse linear layers are computed (:mod:`bayessparse.kernels`).
+KERNELS = ("dense", "sparse", "auto")
 
 
 def coerce(name: str, value: Any, hint: Any, what: str = "config field") -> Any:
@@ -154,6 +160,8 @@ def _check(cfg: TrainConfig) -> None:
     need(cfg.layer_density in ("erk", "uniform"), "layer_density", "'erk' or 'uniform'")
     need(cfg.lr_schedule in ("cosine", "step", "constant"), "lr_schedule", "'cosine', 'step' or 'constant'")
     need(cfg.engine in ("plain", "pyro"), "engine", "'plain' or 'pyro'")
+    need(cfg.kernels in KERNELS, "kernels", " or ".join(repr(k) for k in KERNELS))
+    need(cfg.kernels == "dense" or cfg.engine == "plain", "kernels", "'dense' with engine 'pyro'")
     need(cfg.method not in PYRO_METHODS or cfg.engine == "pyro", "engine", f"'pyro' for method {cfg.method}")
     need(cfg.guide in ("map", "gaussian"), "guide", "'map' or 'gaussian'")
     need(0.0 < cfg.keep_prior < 1.0, "keep_prior", "in (0, 1)")

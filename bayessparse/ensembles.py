@@ -515,6 +515,8 @@ def ensemble(
     if kind == "edst":
         if cfg.method == "dense":
             raise ConfigError("EDST needs a sparse method (--method static, set, rigl, dst-ee or cigl), not dense")
+        if cfg.kernels != "dense":  # its large jumps move the optimizer state outside the training step
+            raise ConfigError(f"EDST trains masked-dense only, not kernels={cfg.kernels!r} (DST ensembles take any)")
         if cfg.engine != "plain":  # its phase learning rates drive a torch LambdaLR over the plain optimizer
             raise ConfigError(f"EDST runs on the plain engine only, not engine '{cfg.engine}' (DST ensembles take any)")
         plan = EDSTPlan.from_config(cfg, members, explore_epochs, refine_epochs, refine_lr, jump_fraction)

@@ -301,7 +301,7 @@ def _evaluate_run(run_dir: Path, ood: str | None, corruptions: bool, temperature
                   corruptions_root: str | Path | None, sample_probs: SampleProbs | None, samples: int,
                   arviz: str | Path | None, seed: int, loo_max: int, progress: bool) -> dict[str, Any]:
     """:func:`evaluate_run` once its arguments are checked and its folder is held."""
-    from bayessparse.train import load_finished, measured_density
+    from bayessparse.train import inference_model, load_finished, measured_density
 
     run, model = load_finished(run_dir)
     cfg, data = run.cfg, run.data
@@ -311,7 +311,7 @@ def _evaluate_run(run_dir: Path, ood: str | None, corruptions: bool, temperature
     folder_suite = folder_corruption_suite(corruptions_root, cfg.data) if corruptions_root is not None else None
     corruptions = corruptions or folder_suite is not None
 
-    predict = _Predictor(model, cfg.eval_batch_size, run.device, sample_probs)
+    predict = _Predictor(inference_model(run, model), cfg.eval_batch_size, run.device, sample_probs)
     test_set = data.test
     if not isinstance(test_set, TensorDataset) and (ood_name is not None or (corruptions and folder_suite is None)):
         test_set = TensorDataset(*materialize(test_set, cfg.eval_batch_size))  # CIFAR: decode the images once

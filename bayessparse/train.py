@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import models
 from bayessparse import data as datasets
 from bayessparse.batches import batches, inputs, num_batches
-from bayessparse.config import TrainConfig, dump_yaml, read_yaml, resolve
+from bayessparse.config import DEFAULTS, TrainConfig, dump_yaml, read_yaml, resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, save_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
@@ -201,6 +201,10 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
         engine = PyroEngine(cfg, model, len(data.train), lr_factor(cfg, steps_per_epoch))
         optimizer, scheduler = engine.optimizer, None
     else:
+        if cfg.kernels != "dense":
+            from bayessparse.kernels.engine import SparseKernelEngine
+
+            engine = SparseKernelEngine(cfg, model)
         optimizer = make_optimizer(model, cfg)
         scheduler = LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     method = build_method(cfg, model, generator)
@@ -298,12 +302,24 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
     return run.method.final_model(run.model, lambda m: recalibrate_batchnorm(run, m))
 
 
+def inference_model(run: Run, model: nn.Module) -> nn.Module:
+    """The network to predict with: for a run trained on sparse kernels (``kernels`` not ``"dense"``),
+    a copy whose sparse enough linear layers are CSR (:func:`bayessparse.kernels.inference.sparse_inference`;
+    same predictions within float rounding); else ``model`` itself."""
+    if run.cfg.kernels == "dense":
+        return model
+    from bayessparse.kernels.inference import sparse_inference
+
+    return sparse_inference(model)
+
+
 def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
     """Test-set metrics of ``model`` plus the run's identity; also returns the test probabilities and labels."""
     cfg = run.cfg
-    probs, labels = predict_probs(model, run.data.test, cfg.eval_batch_size, run.device)
+    fast = inference_model(run, model)
+    probs, labels = predict_probs(fast, run.data.test, cfg.eval_batch_size, run.device)
     metrics: dict[str, Any] = summary(probs, labels, n_bins=cfg.ece_bins)
-    val = summary(*predict_probs(model, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
+    val = summary(*predict_probs(fast, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
     metrics.update(
         {f"val_{k}": v for k, v in val.items()},
         density=measured_density(model),
@@ -401,8 +417,9 @@ def restore(run: Run, state: dict[str, Any], path: Path) -> None:
 def check_same_config(cfg: TrainConfig, saved: dict[str, Any], checkpoint: Path, ignore: tuple[str, ...] = ()) -> None:
     """The checkpoint must belong to the configuration it is used with (a resumed run, ``config.yaml``)."""
     for name, value in cfg.to_dict().items():
-        if name not in ignore and saved.get(name) != value:
-            raise ConfigError(f"{name}={value!r} differs from the run in {checkpoint} ({saved.get(name)!r})")
+        was = saved.get(name, DEFAULTS[name])  # a field added after the run was saved has its default
+        if name not in ignore and was != value:
+            raise ConfigError(f"{name}={value!r} differs from the run in {checkpoint} ({was!r})")
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:

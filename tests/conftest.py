@@ -21,3 +21,14 @@ def _data_cache(tmp_path_factory):
     if "BAYESSPARSE_CACHE" not in os.environ:
         os.environ["BAYESSPARSE_CACHE"] = str(tmp_path_factory.mktemp("bayessparse-cache"))
     yield
+
+
+@pytest.fixture(scope="session")
+def finished(tmp_path_factory):
+    """A finished 90 %-sparse RigL run on digits (1 epoch); tests copy it before changing anything."""
+    from bayessparse.config import resolve
+    from bayessparse.train import train
+
+    out = tmp_path_factory.mktemp("finished") / "run"
+    train(resolve({"data": "digits", "model": "mlp", "method": "rigl", "epochs": 1}), out, progress=False)
+    return out

@@ -64,14 +64,6 @@ def temporaries(folder: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Path:
-    """A finished RigL run folder (copy it before changing it)."""
-    out = tmp_path_factory.mktemp("finished") / "run"
-    train(resolve(FAST), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
 def dense_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("dense") / "run"
     train(resolve({**FAST, "method": "dense"}), out, progress=False)

@@ -46,20 +46,28 @@ class CigL(SparseTraining):
         averaging_start: ``T* / T``; averaging starts at the first epoch end with
             ``t >= max(T*, T_end)``.
         snapshot: ``"expected"`` or ``"sampled"`` (see :mod:`.averaging`).
+        fused: draw ``Z`` inside a fused kernel at every step (:mod:`bayessparse.kernels.fused_mask`:
+            never stored, redrawn in the backward and for the optimizer step) instead of thinning the
+            weights in place. The same algorithm with another random stream; meant for CUDA, where
+            the kernel runs (on a CPU it is a slow reference path).
     """
 
     def __init__(self, *args: Any, drop_rate: float = 0.01, averaging_start: float = 0.8,
-                 snapshot: str = "expected", **kwargs: Any) -> None:
+                 snapshot: str = "expected", fused: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("grow", GradientGrow())
         super().__init__(*args, **kwargs)
         self.drop_rate = drop_rate
         self.averaging_start = averaging_start
         self.snapshot = snapshot
+        self.fused = fused
+        self.t = 0  # steps taken (the fused kernel's seeds are a function of it)
+        self._held = contextlib.ExitStack()
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> None:
         super().setup(model, optimizer, total_steps, steps_per_epoch)
         seed = int(torch.randint(2**62, (1,), generator=self.generator))
         self.random_mask = RandomMask(self.masks, self.drop_rate, seed)
+        self.seed = seed
         self.average = MaskedWeightAverage(model, self.random_mask, self.snapshot)
         self.model = model
         self.total_steps = total_steps
@@ -67,6 +75,14 @@ class CigL(SparseTraining):
 
     @contextlib.contextmanager
     def forward(self, model: nn.Module) -> Iterator[None]:
+        if self.fused:
+            from bayessparse.kernels.fused_mask import fused_forward
+
+            dense_grad = self.schedule.is_update_step(self.t)  # RigL grows by the gradient at every position
+            with fused_forward(model, self.masks.weights, self.seed, self.t, self.random_mask.keep,
+                               dense_grad=dense_grad):
+                yield
+            return
         self.random_mask.thin_()
         try:
             yield
@@ -76,14 +92,24 @@ class CigL(SparseTraining):
     def update(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         stats = super().update(step, optimizer)
         self.random_mask.refresh()
+        self.t = step + 1
         return stats
 
     def before_optimizer_step(self) -> None:
         super().before_optimizer_step()  # grad ⊙ M
-        self.random_mask.use_thinned_()  # and ⊙ Z: the step sees the thinned weights
+        if self.fused:  # and ⊙ Z, Z redrawn from the step's seeds; undone in after_optimizer_step
+            from bayessparse.kernels.fused_mask import hold_dropped
+
+            self._held.enter_context(hold_dropped(self.masks.weights, self.seed, self.t, self.random_mask.keep))
+        else:
+            self.random_mask.use_thinned_()  # and ⊙ Z: the step sees the thinned weights
 
     def after_optimizer_step(self) -> None:
-        self.random_mask.merge_()
+        if self.fused:
+            self._held.close()
+        else:
+            self.random_mask.merge_()
+        self.t += 1
 
     def end_of_epoch(self, epoch: int, step: int) -> None:
         if step >= self.averaging_step:
@@ -106,9 +132,11 @@ class CigL(SparseTraining):
         return expected_network(model, self.random_mask.keep, recalibrate)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "random_mask": self.random_mask.state_dict(), "average": self.average.state_dict()}
+        return {**super().state_dict(), "random_mask": self.random_mask.state_dict(), "average": self.average.state_dict(),
+                "t": self.t}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        self.t = int(state.get("t", 0))
         self.random_mask.load_state_dict(state["random_mask"])
         self.average.load_state_dict(state["average"])

@@ -444,6 +444,8 @@ def imp(
 
     out = check_writable(out)
     check_kind(out, "imp")
+    if cfg.kernels != "dense":  # each round rebuilds its masks outside any method
+        raise ConfigError(f"IMP trains masked-dense only, not kernels={cfg.kernels!r}")
     if cfg.engine != "plain":  # rewinding restores a torch optimizer and schedule per round
         raise ConfigError(f"IMP runs on the plain engine only, not engine '{cfg.engine}'")
     settings = resolve_settings(settings.to_dict(), epochs=cfg.epochs)

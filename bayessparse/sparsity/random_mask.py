@@ -97,7 +97,7 @@ class RandomMask:
     def use_thinned_(self) -> None:
         """Before the step: zero the dropped weights and their gradients, so only kept weights learn."""
         self._zero_dropped([w.data for w in self.weights])
-        self._zero_dropped([w.grad for w in self.weights if w.grad is not None])
+        self._zero_dropped([w.grad for w in self.weights])  # a weight trained elsewhere has no gradient
 
     @torch.no_grad()
     def merge_(self) -> None:
@@ -105,9 +105,10 @@ class RandomMask:
         self.restore_()
         self._saved = []
 
-    def _zero_dropped(self, tensors: list[torch.Tensor]) -> None:
+    def _zero_dropped(self, tensors: list[torch.Tensor | None]) -> None:
         for t, d in zip(tensors, self.dropped):
-            t.view(-1)[d] = 0
+            if t is not None:
+                t.view(-1)[d] = 0
 
     def state_dict(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
