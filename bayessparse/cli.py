@@ -102,6 +102,17 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _assignments(items: Sequence[str], flag: str) -> dict[str, str]:
+    """``FIELD=VALUE`` flags as a mapping (the values are checked by the config they go to)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"{flag} expects FIELD=VALUE, got {item!r}")
+        out[name] = value
+    return out
+
+
 def _folder(text: str) -> Path:
     """An output folder flag: a path, never the empty string (which would mean the current directory)."""
     if not text.strip():
@@ -136,9 +147,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     cfg = resolve(COMPARE_DEFAULTS, *_config_layers(args))
     methods = _names(args.methods) if args.methods else default_methods()
+    if args.deep_gp_set and not args.with_deep_gp:
+        raise ConfigError("--deep-gp-set applies to the deep GP rows: add --with-deep-gp")
     if not methods:
         raise ConfigError(f"--methods names no method, got {args.methods!r}")
-    compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress, workers=_workers(args.jobs))
+    compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress, workers=_workers(args.jobs),
+            with_deep_gp=args.with_deep_gp, deep_gp=_assignments(args.deep_gp_set, "--deep-gp-set"))
     return 0
 
 
@@ -326,6 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     comp.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
     comp.add_argument("--seeds", default="3", help="a count (3 = seeds 0,1,2) or a list 0,1,2")
+    comp.add_argument("--with-deep-gp", action="store_true",
+                      help="add a 2-layer deep GP and a DSPP (GPyTorch) on the same splits, and cost columns")
+    comp.add_argument("--deep-gp-set", action="append", default=[], metavar="FIELD=VALUE",
+                      help="a field of the deep GP rows' config (epochs, num_inducing, lr, ...)")
     comp.add_argument("--out", type=_folder, default=Path("runs/compare"), help="output folder")
     comp.set_defaults(func=cmd_compare)
 

@@ -25,6 +25,7 @@ run side by side, one process each (the numbers do not depend on it).
 from __future__ import annotations
 
 import json
+import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +52,10 @@ TEMPERATURE_SUFFIX = "+ts"
 #: docs/results.md), and stays within a few minutes on 2 cores; ``train`` keeps the short default.
 COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 50}
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier", "density", "train_seconds")
+#: With deep GP rows (``--with-deep-gp``) every row also reports its cost to predict and its size.
+COST_METRICS = ("inference_ms_per_example", "parameters")
+#: The deep GP baselines ``--with-deep-gp`` adds (:mod:`bayessparse.baselines`), by row name.
+DEEP_GPS = {"DGP": "dgp", "DSPP": "dspp"}
 
 
 def default_methods() -> list[str]:
@@ -70,7 +75,9 @@ class Entry:
 
     @property
     def name(self) -> str:
-        """The row name: the method, ``rigl+ts``, or e.g. ``EDST(RigL) x3``."""
+        """The row name: the method, ``rigl+ts``, e.g. ``EDST(RigL) x3``, or a deep GP (``DGP``, ``DSPP``)."""
+        if self.kind == "deep-gp":
+            return next(name for name, method in DEEP_GPS.items() if method == self.method)
         if self.kind is not None:
             return ensemble_name(self.kind, self.method, self.members)
         return self.method + (TEMPERATURE_SUFFIX if self.temperature else "")
@@ -82,7 +89,19 @@ class Entry:
 
     @property
     def folder(self) -> str:
+        if self.kind == "deep-gp":
+            return f"deep-gp-{self.method}"
         return self.method if self.kind is None else f"{self.kind}-{self.method}-x{self.members}"
+
+    @property
+    def job(self) -> str:
+        """What trains the row: a ``run``, an ``ensemble`` or a ``deep-gp``."""
+        return "run" if self.kind is None else ("deep-gp" if self.kind == "deep-gp" else "ensemble")
+
+
+def deep_gp_entries() -> list[Entry]:
+    """The rows of ``--with-deep-gp``: a two-layer deep GP and a DSPP."""
+    return [Entry(method, kind="deep-gp") for method in DEEP_GPS.values()]
 
 
 def parse_entry(text: str) -> Entry:
@@ -122,6 +141,8 @@ def _ensemble_record(base: TrainConfig, entry: Entry, seed: int, folder: Path, p
         "members": entry.members,
         "member_seeds": [m["seed"] for m in members],
         "density": statistics.fmean(m["density"] for m in members),
+        "parameters": sum(m.get("parameters", math.nan) for m in members),  # an ensemble keeps every member
+        "inference_ms_per_example": sum(m.get("inference_ms_per_example", math.nan) for m in members),
         "train_seconds": result["cost"]["train_seconds"],
         "flops_proxy": result["cost"]["flops_proxy"],
         "sparsity": cfg.effective_sparsity,
@@ -134,28 +155,30 @@ def _ensemble_record(base: TrainConfig, entry: Entry, seed: int, folder: Path, p
     }
 
 
-def summarise(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+def summarise(records: Sequence[dict[str, Any]],
+              metrics: Sequence[str] = TABLE_METRICS) -> dict[str, dict[str, dict[str, float]]]:
     """Mean and (sample) standard deviation of each table metric, per method, over seeds."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method in dict.fromkeys(r["method"] for r in records):
         rows = [r for r in records if r["method"] == method]
         out[method] = {}
-        for key in TABLE_METRICS:
-            values = [float(r[key]) for r in rows]
+        for key in metrics:
+            values = [float(r.get(key, math.nan)) for r in rows]  # nan: a run saved before the metric existed
             std = statistics.stdev(values) if len(values) > 1 else 0.0
             out[method][key] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
     return out
 
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A Markdown table of mean ± std per method."""
-    header = "| method | " + " | ".join(TABLE_METRICS) + " |"
-    rule = "|---" * (len(TABLE_METRICS) + 1) + "|"
+    """A Markdown table of mean ± std per method (the metrics the summary holds, in its order)."""
+    metrics = list(next(iter(summary.values()))) if summary else list(TABLE_METRICS)
+    header = "| method | " + " | ".join(metrics) + " |"
+    rule = "|---" * (len(metrics) + 1) + "|"
     lines = [header, rule]
     for method, stats in summary.items():
         cells = []
-        for key in TABLE_METRICS:
-            digits = 1 if key == "train_seconds" else 4
+        for key in metrics:
+            digits = {"train_seconds": 1, "parameters": 0, "inference_ms_per_example": 3}.get(key, 4)
             cells.append(f"{stats[key]['mean']:.{digits}f} ± {stats[key]['std']:.{digits}f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -164,6 +187,14 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
 def _test_predictions(run_dir: Path, entry: Entry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Test probabilities of a finished run's evaluated model (of an ensemble: the mean of its members;
     of a ``+ts`` entry: temperature-scaled)."""
+    if entry is not None and entry.kind == "deep-gp":
+        from bayessparse.baselines import load_deep_gp
+
+        from bayessparse.data import load
+
+        predictor = load_deep_gp(run_dir)
+        test = load(predictor.cfg.data, data_seed=predictor.cfg.data_seed).test
+        return predictor(test), labels_of(test)
     if entry is not None and entry.kind is not None:
         saved = load_torch(run_dir / PREDICTIONS)
         return ensemble_probs(saved["member_probs"]), saved["labels"]
@@ -183,47 +214,75 @@ def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
     return {**record, **test, "method": record["method"] + TEMPERATURE_SUFFIX, "temperature": temperature}
 
 
-def _job(job: tuple[str, dict[str, Any], str, Entry, bool]) -> dict[str, Any]:
-    """One training of the table (a run or an ensemble), resumed if its folder holds one; worker-safe."""
-    what, cfg_dict, folder, entry, progress = job
+def _job(job: tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any]]) -> dict[str, Any]:
+    """One training of the table (a run, an ensemble, a deep GP), resumed if its folder holds one; worker-safe."""
+    what, cfg_dict, folder, entry, progress, deep_gp = job
     cfg = resolve(cfg_dict)
     if what == "run":
         return train(cfg, folder, resume=True, progress=progress)
+    if what == "deep-gp":
+        return _deep_gp_record(cfg, entry, deep_gp, Path(folder), progress)
     return _ensemble_record(cfg, entry, cfg.seed, Path(folder), progress=progress)
+
+
+def _deep_gp_config(cfg: TrainConfig, entry: Entry, seed: int, overrides: dict[str, Any]) -> Any:
+    """The deep GP row's config: the networks' data, split, seed and bins; its own defaults otherwise."""
+    from bayessparse.baselines import DeepGPConfig
+
+    return DeepGPConfig.from_dict({**overrides, "method": entry.method, "data": cfg.data,
+                                   "data_seed": cfg.data_seed, "seed": seed, "ece_bins": cfg.ece_bins})
+
+
+def _deep_gp_record(cfg: TrainConfig, entry: Entry, overrides: dict[str, Any], folder: Path,
+                    progress: bool) -> dict[str, Any]:
+    """Train / resume one deep GP row on the same data, split and seed as the networks."""
+    from bayessparse.baselines import train_deep_gp
+
+    gp = _deep_gp_config(cfg, entry, cfg.seed, overrides)
+    record = train_deep_gp(gp, folder, resume=True, progress=progress)
+    return {**record, "method": entry.name, "density": 1.0}
 
 
 def compare(
     base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
-    workers: int = 1,
+    workers: int = 1, with_deep_gp: bool = False, deep_gp: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train every entry (method or ensemble, see :func:`parse_entry`) with every seed, print the table,
-    write results.json and the diagrams. ``workers`` trainings run side by side (:mod:`bayessparse.jobs`)."""
+    write results.json and the diagrams. ``workers`` trainings run side by side (:mod:`bayessparse.jobs`).
+
+    ``with_deep_gp`` adds the deep GP rows (:func:`deep_gp_entries`, same data, split and seeds) and the
+    cost columns :data:`COST_METRICS` to every row; ``deep_gp`` overrides fields of their
+    :class:`~bayessparse.baselines.DeepGPConfig` (e.g. ``{"epochs": 20}``)."""
     entries = list(dict.fromkeys(parse_entry(m) for m in methods))
+    if with_deep_gp:
+        entries += deep_gp_entries()
+        _deep_gp_config(base, entries[-1], 0, deep_gp or {})  # checks the overrides before any training
     out = check_writable(out)
     check_kind(out, "compare")
     load_data(base)  # validates the data fields before any folder exists
     with exclusive(out, "compare", kind="compare"):
-        return _compare(base, entries, seeds, out, progress, workers)
+        return _compare(base, entries, seeds, out, progress, workers, deep_gp or {})
 
 
 def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path, progress: bool,
-             workers: int) -> dict[str, Any]:
+             workers: int, deep_gp: dict[str, Any]) -> dict[str, Any]:
     """The trainings, the table and the diagrams of :func:`compare`, under the folder's lock."""
-    jobs: dict[str, tuple[str, dict[str, Any], str, Entry, bool]] = {}
+    jobs: dict[str, tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any]]] = {}
     inner_bars = progress and workers == 1  # per-epoch bars only when the trainings run in this process
     for entry in entries:
         for seed in seeds:
             folder = str(out / entry.folder / f"seed-{seed}")
-            what = "run" if entry.kind is None else "ensemble"
-            cfg = base.replace(method=entry.method, seed=seed).to_dict()
-            jobs.setdefault(folder, (what, cfg, folder, entry, inner_bars))
+            method = base.method if entry.kind == "deep-gp" else entry.method
+            cfg = base.replace(method=method, seed=seed).to_dict()
+            jobs.setdefault(folder, (entry.job, cfg, folder, entry, inner_bars, deep_gp))
     done = dict(zip(jobs, run_jobs(_job, list(jobs.values()), workers, progress=progress, desc="trainings")))
     records = []
     for entry in entries:
         for seed in seeds:
             folder = str(out / entry.folder / f"seed-{seed}")
             records.append(_temperature_record(Path(folder), base.ece_bins) if entry.temperature else done[folder])
-    summary = summarise(records)
+    with_costs = any(entry.kind == "deep-gp" for entry in entries)
+    summary = summarise(records, TABLE_METRICS + COST_METRICS if with_costs else TABLE_METRICS)
     table = format_table(summary)
     print(table)
     write_text(out / "table.md", table + "\n")

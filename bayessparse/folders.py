@@ -37,6 +37,7 @@ KINDS = {
     "imp": "an IMP sweep",
     "study": "a study",
     "compare": "a comparison",
+    "deep-gp": "a deep GP baseline run",
 }
 #: Files that identify a folder written before markers existed, most specific first.
 _SIGNATURES = (

@@ -33,11 +33,12 @@ from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 import models
+from bayessparse import checkpoints
 from bayessparse import data as datasets
 from bayessparse.batches import batches, inputs, num_batches
 from bayessparse.config import DEFAULTS, TrainConfig, dump_yaml, read_yaml, resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method, check_method
@@ -190,6 +191,9 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     check_method(cfg.method)
     device = resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg)  # before seeding: generators may touch global RNGs
+    if data.task != "classification":
+        raise ConfigError(f"data {cfg.data!r} is a {data.task} dataset; train fits classifiers only "
+                          "(deep GP baselines: bayessparse.baselines)")
     seed_everything(cfg.seed)
     model = models.build(cfg.model, data.num_classes, data.input_shape, width=cfg.width).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -317,12 +321,16 @@ def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], torch.Te
     """Test-set metrics of ``model`` plus the run's identity; also returns the test probabilities and labels."""
     cfg = run.cfg
     fast = inference_model(run, model)
+    start = time.perf_counter()
     probs, labels = predict_probs(fast, run.data.test, cfg.eval_batch_size, run.device)
+    inference_ms = 1000 * (time.perf_counter() - start) / len(labels)
     metrics: dict[str, Any] = summary(probs, labels, n_bins=cfg.ece_bins)
     val = summary(*predict_probs(fast, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
     metrics.update(
         {f"val_{k}": v for k, v in val.items()},
         density=measured_density(model),
+        parameters=sum(int(torch.count_nonzero(p)) for p in model.parameters()),  # non-zero ones
+        inference_ms_per_example=inference_ms,  # the test set, batches of eval_batch_size
         method=cfg.method,
         sparsity=cfg.effective_sparsity,
         seed=cfg.seed,
@@ -379,7 +387,7 @@ def _load_finished(run_dir: Path) -> tuple[Run, nn.Module]:
     run = build_run(cfg)
     restore(run, state, run_dir / CHECKPOINT)
     final = run.method.evaluated_structure(run.model)
-    with _foreign(run_dir / CHECKPOINT):
+    with checkpoints.fitting(run_dir / CHECKPOINT):
         final.load_state_dict(state["final_model"])
     final.eval()
     return run, final
@@ -391,35 +399,18 @@ CHECKPOINT_KEYS = ("config", "model", "optimizer", "method", "generator", "epoch
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
     """A run checkpoint, loaded safely (:func:`~bayessparse.files.load_torch`) and checked for its entries."""
-    state = load_torch(path)
-    if not isinstance(state, dict) or any(key not in state for key in CHECKPOINT_KEYS) \
-            or not isinstance(state["config"], dict):
-        raise ConfigError(f"{path} is not a bayessparse run checkpoint")
-    return state
-
-
-@contextlib.contextmanager
-def _foreign(path: Path) -> Iterator[None]:
-    """A checkpoint whose tensors do not fit the run's model, method or optimizer is a one-line error."""
-    try:
-        yield
-    except (KeyError, RuntimeError, ValueError, TypeError, IndexError, AttributeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"{path} does not fit the run it belongs to ({reason})") from None
+    return checkpoints.read_checkpoint(path, CHECKPOINT_KEYS, "run")
 
 
 def restore(run: Run, state: dict[str, Any], path: Path) -> None:
     """``run.load_state_dict(state)``; a foreign or damaged checkpoint is a one-line error."""
-    with _foreign(path):
+    with checkpoints.fitting(path):
         run.load_state_dict(state)
 
 
 def check_same_config(cfg: TrainConfig, saved: dict[str, Any], checkpoint: Path, ignore: tuple[str, ...] = ()) -> None:
     """The checkpoint must belong to the configuration it is used with (a resumed run, ``config.yaml``)."""
-    for name, value in cfg.to_dict().items():
-        was = saved.get(name, DEFAULTS[name])  # a field added after the run was saved has its default
-        if name not in ignore and was != value:
-            raise ConfigError(f"{name}={value!r} differs from the run in {checkpoint} ({was!r})")
+    checkpoints.same_config(cfg.to_dict(), saved, DEFAULTS, checkpoint, ignore)
 
 
 def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: bool = True) -> dict[str, Any]:

@@ -43,7 +43,7 @@ def tensors(bundle, split):
 
 
 def test_registry_lists_every_dataset():
-    assert set(DATASETS) == {"mnist1d", "digits", "breast_cancer", "wine", "synthetic", "cifar10", "cifar100"}
+    assert set(DATASETS) == {"mnist1d", "digits", "breast_cancer", "wine", "synthetic", "cifar10", "cifar100", "diabetes"}
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED))

@@ -1,4 +1,4 @@
-"""The :class:`DataBundle` every dataset loader returns, and the tensor-dataset constructor."""
+"""The :class:`DataBundle` every dataset loader returns, and the tensor-dataset constructors."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ class DataBundle:
             the training augmentation. Embedded datasets are ``TensorDataset(x_float32, y_int64)``.
         val: held-out part of the original training data; clean labels, no augmentation.
         test: the dataset's test split; clean labels, no augmentation.
-        num_classes: number of classes ``K``.
+        num_classes: number of classes ``K``; 1 for a regression dataset.
         input_shape: shape of one example without the batch dimension, e.g. ``(40,)``.
         true_probs: synthetic data only: ``{"train", "val", "test"}`` -> ``(N, K)`` float64 tensor of the
             exact conditional distribution of the label each split carries (see
             :func:`bayessparse.data.noise.noisy_label_posterior`); ``None`` elsewhere.
         train_eval: CIFAR only: the same examples as ``train`` without augmentation (BatchNorm
             re-estimation, train metrics); ``None`` for embedded datasets, whose ``train`` has none.
+        task: ``"classification"`` (integer labels in ``[0, K)``) or ``"regression"`` (float32 targets of
+            shape ``(N,)``, see :func:`regression_dataset`; ``num_classes`` is 1).
     """
 
     name: str
@@ -36,6 +38,7 @@ class DataBundle:
     input_shape: tuple[int, ...]
     true_probs: dict[str, torch.Tensor] | None = None
     train_eval: Dataset | None = None
+    task: str = "classification"
 
 
 def tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
@@ -43,4 +46,12 @@ def tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
     return TensorDataset(
         torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
         torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64)),
+    )
+
+
+def regression_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:
+    """``TensorDataset(x as float32, y as float32 of shape (N,))``: real-valued targets of a regression set."""
+    return TensorDataset(
+        torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        torch.from_numpy(np.ascontiguousarray(np.reshape(y, (-1,)), dtype=np.float32)),
     )
