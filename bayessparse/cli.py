@@ -57,10 +57,7 @@ def _add_run_flags(parser: argparse.ArgumentParser, skip: Sequence[str] = ()) ->
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The config fields set on the command line (flags and --set FIELD=VALUE)."""
     given = {name: getattr(args, name) for name, _ in RUN_FLAGS.values() if getattr(args, name, None) is not None}
-    for item in args.assignments:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set expects FIELD=VALUE, got {item!r}")
+    for name, value in _assignments(args.assignments, "--set").items():
         if name not in FIELD_NAMES:
             raise ConfigError(f"unknown config field '{name}' in --set")
         given[name] = value.split(",") if name == "step_milestones" else value
@@ -168,6 +165,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bayessparse.bench import SETUPS, measure
     from bayessparse.files import write_json
 
+    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
     if args.kernels:
         return _bench_kernels(args)
     setups = _names(args.setups)
@@ -181,9 +181,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         check_method(method)
     if "dense" not in methods:
         raise ConfigError("--methods must include dense (ratios are taken against it)")
-    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
     if args.out is not None:
         _check_output_file(args.out, "--out")
     results = []
@@ -212,9 +209,6 @@ def _bench_kernels(args: argparse.Namespace) -> int:
         raise ConfigError(f"--sparsities must lie in (0, 1), got {args.sparsities!r}")
     if any(b < 1 for b in batches):
         raise ConfigError(f"--batches must be >= 1, got {args.batches!r}")
-    for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
-        if value < 1:
-            raise ConfigError(f"{flag} must be >= 1, got {value}")
     if args.out is not None:
         _check_output_file(args.out, "--out")
     cells = measure_grid(models, sparsities, batches, rounds=args.rounds, steps=args.steps, device=args.device,
