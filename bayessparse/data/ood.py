@@ -20,7 +20,7 @@ name               kinds               construction
 =================  ==================  ==========================================================
 
 :data:`DEFAULT_OOD` names the built-in set of every registered dataset (MNIST-1D: shuffled,
-digits and CIFAR: noise, breast_cancer / wine: feature-shift, synthetic: far-shift).
+digits and CIFAR: noise, breast_cancer / wine / diabetes: feature-shift, synthetic: far-shift).
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ DEFAULT_OOD = {
     "digits": "noise",
     "breast_cancer": "feature-shift",
     "wine": "feature-shift",
+    "diabetes": "feature-shift",  # regression: the inputs can still leave the training distribution
     "synthetic": "far-shift",
     "cifar10": "noise",
     "cifar100": "noise",
