@@ -1,5 +1,6 @@
 """The reproduction study: its specification, the folders it shares, its report, resuming and locking."""
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -85,6 +86,18 @@ def test_folders_depend_only_on_what_the_method_reads(tmp_path):
     assert folder(method="rigl", explore_c=2.0) != folder(method="dst-ee", explore_c=2.0)
     assert folder(method="rigl", seed=0).endswith("seed-0") and folder(method="rigl", seed=3).endswith("seed-3")
     assert Path(folder(method="rigl", seed=0)).parent == Path(folder(method="rigl", seed=3)).parent
+    # a field added later enters the hash only away from its default: finished runs keep their folders
+    assert folder(method="rigl", kernels="sparse") != folder(method="rigl")
+
+
+def test_a_later_field_at_its_default_leaves_the_folder_as_it_was(tmp_path):
+    """The folder of a config is the one computed before the later fields existed (pinned hash)."""
+    cfg = resolve({"data": "digits", "model": "mlp", "method": "rigl"})
+    key = {k: v for k, v in cfg.to_dict().items() if k not in ("seed", "kernels", "fused_mask")
+           and k not in ("drop_rate", "averaging_start", "guide", "keep_prior", "keep_init", "keep_shape",
+                         "keep_temperature", "explore_c")}
+    digest = hashlib.sha1(json.dumps([key, "run", {}], sort_keys=True).encode()).hexdigest()[:10]
+    assert folder_for(tmp_path, cfg) == str(tmp_path / "digits-mlp" / f"rigl-{digest}" / "seed-0")
 
 
 def _table(text: str, title: str) -> dict[str, list[str]]:

@@ -58,11 +58,18 @@ METHOD_FIELDS = {
 }
 
 
+#: config fields added after the first study, with the default that reproduces the earlier training: a field
+#: at that default stays out of the hash, so adding a field to the config never orphans finished runs
+LATER_FIELDS = {"kernels": "dense", "fused_mask": False}
+
+
 def folder_for(root: Path, cfg: TrainConfig, kind: str = "run", extra: dict[str, Any] | None = None) -> str:
     """``ROOT/DATA-MODEL/KIND-METHOD-HASH/seed-S``: the hash covers every config field the method reads but
-    the seed (so a new default for, say, CigL's drop rate leaves the other methods' finished runs valid)."""
+    the seed (so a new default for, say, CigL's drop rate leaves the other methods' finished runs valid),
+    and a field of :data:`LATER_FIELDS` only when it is not at its default."""
     key = {k: v for k, v in cfg.to_dict().items()
-           if k != "seed" and cfg.method in METHOD_FIELDS.get(k, (cfg.method,))}
+           if k != "seed" and cfg.method in METHOD_FIELDS.get(k, (cfg.method,))
+           and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     if cfg.method == "dense":
         key.pop("sparsity")
     digest = hashlib.sha1(json.dumps([key, kind, extra or {}], sort_keys=True).encode()).hexdigest()[:10]
