@@ -91,11 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     saved = _resumed(args.out, "run", CONFIG, CHECKPOINT) if args.resume else None
     cfg = resolve(*_config_layers(args, saved))
     metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
-    print(
-        f"{cfg.method} on {cfg.data}: accuracy {metrics['accuracy']:.4f}  nll {metrics['nll']:.4f}  "
-        f"ece {metrics['ece']:.4f}  brier {metrics['brier']:.4f}  density {metrics['density']:.4f}  "
-        f"({metrics['train_seconds']:.1f} s)  -> {args.out}"
-    )
+    keys = ("rmse", "nll", "coverage_90") if metrics.get("task") == "regression" else ("accuracy", "nll", "ece", "brier")
+    scores = "  ".join(f"{key} {metrics[key]:.4f}" for key in (*keys, "density"))
+    print(f"{cfg.method} on {cfg.data}: {scores}  ({metrics['train_seconds']:.1f} s)  -> {args.out}")
     return 0
 
 
@@ -140,10 +138,14 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bayessparse.compare import COMPARE_DEFAULTS, compare, default_methods
+    from bayessparse.compare import COMPARE_DEFAULTS, REGRESSION_DEFAULTS, compare, default_methods
+    from bayessparse.data import task_of
 
-    cfg = resolve(COMPARE_DEFAULTS, *_config_layers(args))
-    methods = _names(args.methods) if args.methods else default_methods()
+    layers = _config_layers(args)
+    cfg = resolve(COMPARE_DEFAULTS, *layers)
+    if task_of(cfg.data) == "regression":
+        cfg = resolve(COMPARE_DEFAULTS, REGRESSION_DEFAULTS, *layers)
+    methods = _names(args.methods) if args.methods else default_methods(task_of(cfg.data))
     if args.deep_gp_set and not args.with_deep_gp:
         raise ConfigError("--deep-gp-set applies to the deep GP rows: add --with-deep-gp")
     if not methods:
@@ -328,7 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_flags(comp, skip=("--method", "--seed"))
     comp.add_argument(
         "--methods",
-        help="comma-separated entries (default: dense, rigl, rigl+ts, cigl): a method, METHOD+ts (its runs, "
+        help="comma-separated entries (default: dense, rigl, rigl+ts, cigl; no rigl+ts on regression data): a method, METHOD+ts (its runs, "
         "temperature-scaled), or an ensemble edst:METHOD:M, dst:METHOD:M, METHOD:M (= dst:METHOD:M), "
         "e.g. cigl,edst:rigl:3,dense:3 (rows 'EDST(RigL) x3', 'dense x3')",
     )

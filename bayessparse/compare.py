@@ -2,9 +2,10 @@
 
 Layout of the output folder::
 
-    OUT/results.json                 {"runs": [metrics records], "summary": {method: {metric: {mean, std}}}}
-    OUT/table.md                     the printed table
-    OUT/reliability-METHOD.png       reliability diagram of each method (test predictions pooled over seeds)
+    OUT/results.json                 {"runs": [metrics records], "summary": {method: {metric: {mean, std, ci95, n}}}}
+    OUT/table.md                     the printed table: mean ± 95 % confidence half-width over seeds
+    OUT/reliability-METHOD.png       reliability diagram of each method (test predictions pooled over seeds;
+                                     for regression data the calibration of its central intervals)
     OUT/reliability-overlay.png      all methods on one set of axes
     OUT/METHOD/seed-S/               one run folder per pair (the train run-folder contract)
     OUT/KIND-METHOD-xM/seed-S/       one ensemble folder per (ensemble entry, seed) (see bayessparse.ensembles)
@@ -17,6 +18,10 @@ scaling (``rigl+ts``: the same runs as ``rigl``, ``T`` fitted on the validation 
 ensemble, density is the mean member density and train_seconds the total. For seed ``S`` a DST
 ensemble's members use seeds ``S*M .. S*M+M-1`` (ensembles of different seeds share no member) and
 an EDST run uses seed ``S``.
+
+On a regression dataset (``diabetes``) the table reports RMSE, NLL and the coverage of the central 50 / 90 /
+95 % intervals instead of accuracy, ECE and Brier (:mod:`bayessparse.regressors`); temperature scaling and
+ensembles are classification-only there.
 
 Re-running the same command continues interrupted runs and re-uses finished ones. ``workers`` trainings
 run side by side, one process each (the numbers do not depend on it).
@@ -40,10 +45,15 @@ from bayessparse.files import load_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.methods import METHODS, check_method
 from bayessparse.jobs import run_jobs
+from bayessparse.data import task_of
 from bayessparse.predictors import labels_of, model_predictor, temperature_scaled
-from bayessparse.train import METRICS, load_data, load_finished, train
+from bayessparse.regressors import network_predictions
+from bayessparse.stats import interval
+from bayessparse.rng import preserved_random_state
+from bayessparse.train import METRICS, build_run, load_data, load_finished, train
 from bayessparse.uncertainty.metrics import summary as test_summary
-from bayessparse.uncertainty.reliability import plot_reliability, plot_reliability_overlay
+from bayessparse.uncertainty.regression import mixture_cdf
+from bayessparse.uncertainty.reliability import plot_interval_calibration, plot_reliability, plot_reliability_overlay
 
 DEFAULT_METHODS = ("dense", "rigl", "rigl+ts", "cigl")
 TEMPERATURE_SUFFIX = "+ts"
@@ -51,16 +61,23 @@ TEMPERATURE_SUFFIX = "+ts"
 #: training to turn over-confident (at 10 epochs every method is still under-confident; README and
 #: docs/results.md), and stays within a few minutes on 2 cores; ``train`` keeps the short default.
 COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 50}
+#: On a regression dataset, on top of COMPARE_DEFAULTS: the setting with the lowest validation NLL of the
+#: sweep in experiments/regression_sweep.md (RigL and CigL at 90 %, three seeds; the test split unseen).
+REGRESSION_DEFAULTS: dict[str, Any] = {"model": "mlp", "epochs": 100, "batch_size": 32, "lr": 0.05,
+                                       "weight_decay": 0.05}
 TABLE_METRICS = ("accuracy", "nll", "ece", "brier", "density", "train_seconds")
+#: The table of a regression dataset (``diabetes``): the predictive's RMSE, NLL and central-interval coverage.
+REGRESSION_METRICS = ("rmse", "nll", "coverage_50", "coverage_90", "coverage_95", "density", "train_seconds")
 #: With deep GP rows (``--with-deep-gp``) every row also reports its cost to predict and its size.
 COST_METRICS = ("inference_ms_per_example", "parameters")
 #: The deep GP baselines ``--with-deep-gp`` adds (:mod:`bayessparse.baselines`), by row name.
 DEEP_GPS = {"DGP": "dgp", "DSPP": "dspp"}
 
 
-def default_methods() -> list[str]:
-    """dense, RigL, RigL + temperature scaling and CigL: those of them that are registered."""
-    return [m for m in DEFAULT_METHODS if m.removesuffix(TEMPERATURE_SUFFIX) in METHODS]
+def default_methods(task: str = "classification") -> list[str]:
+    """dense, RigL, RigL + temperature scaling (classification only) and CigL: those of them that are registered."""
+    methods = [m for m in DEFAULT_METHODS if m.removesuffix(TEMPERATURE_SUFFIX) in METHODS]
+    return methods if task == "classification" else [m for m in methods if not m.endswith(TEMPERATURE_SUFFIX)]
 
 
 @dataclass(frozen=True)
@@ -155,9 +172,17 @@ def _ensemble_record(base: TrainConfig, entry: Entry, seed: int, folder: Path, p
     }
 
 
+def table_metrics(task: str, with_costs: bool) -> tuple[str, ...]:
+    """The columns of the table: :data:`TABLE_METRICS` or :data:`REGRESSION_METRICS`, then the cost columns."""
+    metrics = REGRESSION_METRICS if task == "regression" else TABLE_METRICS
+    return metrics + COST_METRICS if with_costs else metrics
+
+
 def summarise(records: Sequence[dict[str, Any]],
               metrics: Sequence[str] = TABLE_METRICS) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and (sample) standard deviation of each table metric, per method, over seeds."""
+    """Per method and table metric over seeds: the mean, the (sample) standard deviation and the
+    half-width ``ci95`` of the 95 % Student-t confidence interval of the mean (:func:`bayessparse.stats.interval`;
+    nan for one seed)."""
     out: dict[str, dict[str, dict[str, float]]] = {}
     for method in dict.fromkeys(r["method"] for r in records):
         rows = [r for r in records if r["method"] == method]
@@ -165,12 +190,14 @@ def summarise(records: Sequence[dict[str, Any]],
         for key in metrics:
             values = [float(r.get(key, math.nan)) for r in rows]  # nan: a run saved before the metric existed
             std = statistics.stdev(values) if len(values) > 1 else 0.0
-            out[method][key] = {"mean": statistics.fmean(values), "std": std, "n": len(values)}
+            ci = interval(values)
+            out[method][key] = {"mean": ci.mean, "std": std, "ci95": ci.half_width, "n": len(values)}
     return out
 
 
 def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
-    """A Markdown table of mean ± std per method (the metrics the summary holds, in its order)."""
+    """A Markdown table of mean ± 95 % confidence half-width per method (the metrics the summary holds, in
+    its order; the mean alone for one seed)."""
     metrics = list(next(iter(summary.values()))) if summary else list(TABLE_METRICS)
     header = "| method | " + " | ".join(metrics) + " |"
     rule = "|---" * (len(metrics) + 1) + "|"
@@ -179,7 +206,8 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
         cells = []
         for key in metrics:
             digits = {"train_seconds": 1, "parameters": 0, "inference_ms_per_example": 3}.get(key, 4)
-            cells.append(f"{stats[key]['mean']:.{digits}f} ± {stats[key]['std']:.{digits}f}")
+            mean, half = stats[key]["mean"], stats[key]["ci95"]
+            cells.append(f"{mean:.{digits}f} ± {half:.{digits}f}" if math.isfinite(half) else f"{mean:.{digits}f}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -257,11 +285,26 @@ def compare(
     if with_deep_gp:
         entries += deep_gp_entries()
         _deep_gp_config(base, entries[-1], 0, deep_gp or {})  # checks the overrides before any training
+    check_entries(base, entries)
     out = check_writable(out)
     check_kind(out, "compare")
-    load_data(base)  # validates the data fields before any folder exists
     with exclusive(out, "compare", kind="compare"):
         return _compare(base, entries, seeds, out, progress, workers, deep_gp or {})
+
+
+def check_entries(base: TrainConfig, entries: Sequence[Entry]) -> None:
+    """Every row can be trained on ``base``'s data and model (a ConfigError names the first that cannot):
+    the runs are built once, without training; a regression dataset takes no temperature scaling or ensembles."""
+    data = load_data(base)  # validates the data fields
+    if data.task == "regression":
+        for entry in entries:
+            if entry.temperature or entry.job == "ensemble":
+                raise ConfigError(f"--methods {entry.name}: temperature scaling and ensembles need classification "
+                                  f"data; {base.data!r} is a regression dataset")
+    with preserved_random_state():
+        for entry in entries:
+            if entry.job == "run":
+                build_run(base.replace(method=entry.method), data)
 
 
 def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path, progress: bool,
@@ -282,11 +325,21 @@ def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out:
             folder = str(out / entry.folder / f"seed-{seed}")
             records.append(_temperature_record(Path(folder), base.ece_bins) if entry.temperature else done[folder])
     with_costs = any(entry.kind == "deep-gp" for entry in entries)
-    summary = summarise(records, TABLE_METRICS + COST_METRICS if with_costs else TABLE_METRICS)
+    task = task_of(base.data)
+    summary = summarise(records, table_metrics(task, with_costs))
     table = format_table(summary)
     print(table)
     write_text(out / "table.md", table + "\n")
     write_json(out / "results.json", {"runs": records, "summary": summary})
+    if task == "regression":
+        _coverage_plots(base, entries, seeds, out)
+    else:
+        _reliability_plots(base, entries, seeds, out)
+    return {"runs": records, "summary": summary}
+
+
+def _reliability_plots(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path) -> None:
+    """Each row's reliability diagram (test predictions pooled over seeds) and all rows on one axes."""
     curves = {}
     for entry in entries:
         preds = [_test_predictions(out / entry.folder / f"seed-{s}", entry) for s in seeds]
@@ -294,4 +347,26 @@ def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out:
         curves[entry.name] = (probs, labels)
         plot_reliability(probs, labels, out / f"reliability-{entry.label}.png", n_bins=base.ece_bins, title=entry.name)
     plot_reliability_overlay(curves, out / "reliability-overlay.png", n_bins=base.ece_bins, title=f"{base.data}")
-    return {"runs": records, "summary": summary}
+
+
+def _coverage_plots(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path) -> None:
+    """Regression: each row's interval calibration (test targets pooled over seeds) and all rows on one axes."""
+    pits = {}
+    for entry in entries:
+        pits[entry.name] = torch.cat([_test_pit(out / entry.folder / f"seed-{s}", entry) for s in seeds])
+        plot_interval_calibration({entry.name: pits[entry.name]}, out / f"reliability-{entry.label}.png",
+                                  title=entry.name)
+    plot_interval_calibration(pits, out / "reliability-overlay.png", title=f"{base.data}")
+
+
+def _test_pit(run_dir: Path, entry: Entry) -> torch.Tensor:
+    """The probability integral transform of a finished regression row's test targets (one seed)."""
+    if entry.kind == "deep-gp":
+        from bayessparse.baselines import load_deep_gp
+        from bayessparse.data import load
+
+        predictor = load_deep_gp(run_dir)
+        out = predictor.predict(load(predictor.cfg.data, data_seed=predictor.cfg.data_seed).test)
+        return mixture_cdf(out["means"], out["variances"], out["targets"], out["log_weights"])
+    run, model = load_finished(run_dir)
+    return network_predictions(model, run.data.test, run.cfg.eval_batch_size, run.device).pit()

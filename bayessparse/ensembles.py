@@ -79,6 +79,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from bayessparse.batches import batches
 from bayessparse.config import TrainConfig, dump_yaml
+from bayessparse.data import require_classification
 from bayessparse.errors import ConfigError
 from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.folders import LOCK, MARKER, check_kind, check_writable, exclusive, mark
@@ -324,7 +325,7 @@ def _save_member(run: Run, model: nn.Module, out: Path, phase: Phase, plan: EDST
     """Write member ``phase.member`` as a run folder (the train contract) and return its metrics."""
     folder = member_dir(out, phase.member)
     mark(folder, "run")
-    metrics, probs, labels = evaluate_model(run, model)
+    metrics, (probs, labels) = evaluate_model(run, model)
     metrics.update(
         kind="edst", member=phase.member, phase_start_epoch=phase.start, phase_end_epoch=phase.end,
         explore_epochs=plan.explore_epochs, refine_epochs=plan.refine_epochs,
@@ -511,6 +512,7 @@ def ensemble(
     if isinstance(members, bool) or not isinstance(members, int) or members < 2:
         raise ConfigError(f"members must be an integer >= 2, got {members!r}")
     check_method(cfg.method)
+    require_classification(cfg.data, "an ensemble")  # its members' probabilities are averaged
     plan = None
     if kind == "edst":
         if cfg.method == "dense":

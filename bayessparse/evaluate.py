@@ -62,7 +62,8 @@ from bayessparse.data.corruptions import (
     materialize,
 )
 from bayessparse.data.ood import check_ood, make_ood
-from bayessparse.config import MAX_BINS
+from bayessparse.config import DEFAULTS, MAX_BINS, read_yaml
+from bayessparse.data import task_of
 from bayessparse.errors import ConfigError
 from bayessparse.files import save_figure, write_atomic, write_json
 from bayessparse.predict import predict_logits
@@ -281,6 +282,10 @@ def evaluate_run(
     check_kind(run_dir, "run")
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
+    data = read_yaml(run_dir / CONFIG).get("data", DEFAULTS["data"])
+    if task_of(str(data)) == "regression":
+        raise ConfigError(f"evaluate scores classifiers; {data!r} is a regression dataset "
+                          f"(the run's RMSE, NLL and interval coverage are in {run_dir / 'metrics.json'})")
     check_writable(run_dir, "run folder")
     with exclusive(run_dir, "evaluate", kind="run"):  # eval.json and the plots have one writer
         return _evaluate_run(run_dir, ood, corruptions, temperature, n_bins, corruptions_root, sample_probs,

@@ -31,6 +31,8 @@ class TrainingMethod:
     """Dense training; the base class of every method."""
 
     name = "dense"
+    #: whether the evaluated model can be a regressor (a method whose output averages class probabilities cannot)
+    regression = True
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> None:
         """Called once, after the model and optimizer exist and before any step (and before a resume)."""

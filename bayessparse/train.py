@@ -1,6 +1,7 @@
 """The training loop shared by every method (plain PyTorch; ``bayessparse.ppl.svi`` is its Pyro twin).
 
-One step is cross-entropy on a mini-batch, SGD with (Nesterov) momentum and weight decay on
+One step is the negative log-likelihood of a mini-batch (cross-entropy; for regression data the
+Gaussian NLL with a learned noise scale, :mod:`bayessparse.likelihoods`), SGD with (Nesterov) momentum and weight decay on
 conv / linear weights only, and a per-step learning-rate schedule (linear warm-up, then cosine
 or step decay). The method's hooks (:mod:`bayessparse.method`) decide everything sparse.
 
@@ -16,17 +17,13 @@ ends bit-identical to an uninterrupted one on the same machine.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import update_bn
@@ -40,12 +37,14 @@ from bayessparse.config import DEFAULTS, TrainConfig, dump_yaml, read_yaml, reso
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
+from bayessparse.likelihoods import GaussianRegressor, negative_log_likelihood
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method, check_method
 from bayessparse.predict import predict_probs
+from bayessparse.rng import global_rng_state, preserved_random_state, seed_everything, set_global_rng_state
 from bayessparse.sparsity.density import prunable_weights
 from bayessparse.uncertainty.metrics import summary
-from bayessparse.uncertainty.reliability import plot_reliability
+from bayessparse.uncertainty.reliability import plot_interval_calibration, plot_reliability
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -139,10 +138,7 @@ class Run:
             "method": self.method.state_dict(),
             "engine": self.engine.state_dict() if self.engine is not None else None,
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "numpy_rng": numpy_rng_state(),
-            "python_rng": random.getstate(),
+            **global_rng_state(),
             "epoch": self.epoch,
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -158,32 +154,9 @@ class Run:
         if self.engine is not None:
             self.engine.load_state_dict(state.get("engine") or {})
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda_rng"])
-        set_numpy_rng_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_global_rng_state(state)
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self.history = state["train_seconds"], state["history"]
-
-
-def numpy_rng_state() -> dict[str, Any]:
-    """NumPy's global generator state as tensors and numbers, so that checkpoints load with ``weights_only=True``."""
-    kind, key, pos, has_gauss, cached = np.random.get_state()
-    return {"kind": kind, "key": torch.from_numpy(key.astype(np.int64)), "pos": int(pos),
-            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
-
-
-def set_numpy_rng_state(state: dict[str, Any]) -> None:
-    """Inverse of :func:`numpy_rng_state`."""
-    key = state["key"].numpy().astype(np.uint32)
-    np.random.set_state((state["kind"], key, state["pos"], state["has_gauss"], state["cached_gaussian"]))
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
@@ -191,11 +164,8 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     check_method(cfg.method)
     device = resolve_device(cfg.device)
     data = data if data is not None else load_data(cfg)  # before seeding: generators may touch global RNGs
-    if data.task != "classification":
-        raise ConfigError(f"data {cfg.data!r} is a {data.task} dataset; train fits classifiers only "
-                          "(deep GP baselines: bayessparse.baselines)")
     seed_everything(cfg.seed)
-    model = models.build(cfg.model, data.num_classes, data.input_shape, width=cfg.width).to(device)
+    model = build_network(cfg, data).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = num_batches(data.train, cfg.batch_size)
     engine = None
@@ -212,10 +182,23 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
         optimizer = make_optimizer(model, cfg)
         scheduler = LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
     method = build_method(cfg, model, generator)
+    if data.task == "regression" and not method.regression:
+        raise ConfigError(f"method {cfg.method!r} predicts classes only; {cfg.data!r} is a regression dataset")
     method.setup(model, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
     if engine is not None:
         engine.bind(method)
     return Run(cfg, data, model, optimizer, scheduler, method, generator, device, engine=engine)
+
+
+def build_network(cfg: TrainConfig, data: datasets.DataBundle) -> nn.Module:
+    """The run's network (:func:`models.build`); for regression data a one-output network inside a
+    :class:`~bayessparse.likelihoods.GaussianRegressor`, which learns the noise scale with it."""
+    net = models.build(cfg.model, data.num_classes, data.input_shape, width=cfg.width)
+    return GaussianRegressor(net) if data.task == "regression" else net
+
+
+def is_regression(run: Run) -> bool:
+    return run.data.task == "regression"
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -225,10 +208,10 @@ def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
 
 
 def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The plain PyTorch step: cross-entropy, backward, the method's hooks, SGD, the lr schedule, ``run.step``."""
+    """The plain PyTorch step: the negative log-likelihood, backward, the method's hooks, SGD, the lr schedule, ``run.step``."""
     run.optimizer.zero_grad(set_to_none=True)
     with run.method.forward(run.model):
-        loss = F.cross_entropy(run.model(x), y)
+        loss = negative_log_likelihood(run.model, run.model(x), y)
         loss.backward()
     value = loss.item()
     if not math.isfinite(value):
@@ -267,13 +250,23 @@ def train_epoch(run: Run, progress: bool) -> float:
     return total / count
 
 
-def validation_probs(run: Run, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validation probabilities and labels of ``model``; non-finite outputs (finite weights too large
-    for the forward pass) are a divergence."""
+def validation_scores(run: Run, model: nn.Module) -> dict[str, float]:
+    """Validation metrics of ``model`` (classification: :func:`summary`; regression: RMSE, NLL, coverage);
+    non-finite outputs (finite weights too large for the forward pass) are a divergence."""
+    if is_regression(run):
+        from bayessparse.regressors import network_predictions
+
+        predictions = network_predictions(model, run.data.val, run.cfg.eval_batch_size, run.device)
+        _check_outputs(run, predictions.means)
+        return predictions.scores()
     probs, labels = predict_probs(model, run.data.val, run.cfg.eval_batch_size, run.device)
-    if not bool(torch.isfinite(probs).all()):
+    _check_outputs(run, probs)
+    return summary(probs, labels, n_bins=run.cfg.ece_bins)
+
+
+def _check_outputs(run: Run, outputs: torch.Tensor) -> None:
+    if not bool(torch.isfinite(outputs).all()):
         raise TrainingDiverged(f"the network's outputs became non-finite at epoch {run.epoch}, step {run.step}")
-    return probs, labels
 
 
 def recalibrate_batchnorm(run: Run, model: nn.Module) -> None:
@@ -295,12 +288,13 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
             run.method.end_of_epoch(run.epoch, run.step)
             run.train_seconds += time.perf_counter() - start
             current = run.method.current_model(run.model, lambda m: recalibrate_batchnorm(run, m))
-            val = summary(*validation_probs(run, current), n_bins=cfg.ece_bins)
+            val = validation_scores(run, current)
         except TrainingDiverged as exc:
             kept = f"the checkpoint of epoch {saved} is kept" if saved and checkpoint else "nothing was saved"
             raise TrainingDiverged(f"{exc}; {kept}") from None
-        run.history.append({"epoch": run.epoch, "train_loss": loss, "val_accuracy": val["accuracy"], "val_nll": val["nll"]})
-        epochs.set_postfix(loss=f"{loss:.3f}", val_acc=f"{val['accuracy']:.3f}")
+        score = "rmse" if is_regression(run) else "accuracy"
+        run.history.append({"epoch": run.epoch, "train_loss": loss, f"val_{score}": val[score], "val_nll": val["nll"]})
+        epochs.set_postfix(loss=f"{loss:.3f}", **{f"val_{score[:4]}": f"{val[score]:.3f}"})
         if checkpoint is not None:
             save_torch(checkpoint, run.state_dict())
     return run.method.final_model(run.model, lambda m: recalibrate_batchnorm(run, m))
@@ -317,20 +311,21 @@ def inference_model(run: Run, model: nn.Module) -> nn.Module:
     return sparse_inference(model)
 
 
-def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], torch.Tensor, torch.Tensor]:
-    """Test-set metrics of ``model`` plus the run's identity; also returns the test probabilities and labels."""
+def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], Any]:
+    """Test-set metrics of ``model`` plus the run's identity; also returns what the run's reliability
+    diagram is drawn from: ``(probs, labels)``, or for regression the test
+    :class:`~bayessparse.regressors.GaussianPredictions`."""
     cfg = run.cfg
     fast = inference_model(run, model)
-    start = time.perf_counter()
-    probs, labels = predict_probs(fast, run.data.test, cfg.eval_batch_size, run.device)
-    inference_ms = 1000 * (time.perf_counter() - start) / len(labels)
-    metrics: dict[str, Any] = summary(probs, labels, n_bins=cfg.ece_bins)
-    val = summary(*predict_probs(fast, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
+    if is_regression(run):
+        from bayessparse.regressors import regression_metrics
+
+        metrics, predictions = regression_metrics(run, model, fast)
+    else:
+        metrics, predictions = _classification_metrics(run, fast)
     metrics.update(
-        {f"val_{k}": v for k, v in val.items()},
         density=measured_density(model),
         parameters=sum(int(torch.count_nonzero(p)) for p in model.parameters()),  # non-zero ones
-        inference_ms_per_example=inference_ms,  # the test set, batches of eval_batch_size
         method=cfg.method,
         sparsity=cfg.effective_sparsity,
         seed=cfg.seed,
@@ -340,7 +335,19 @@ def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], torch.Te
         model=cfg.model,
         history=run.history,
     )
-    return metrics, probs, labels
+    return metrics, predictions
+
+
+def _classification_metrics(run: Run, fast: nn.Module) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
+    cfg = run.cfg
+    start = time.perf_counter()
+    probs, labels = predict_probs(fast, run.data.test, cfg.eval_batch_size, run.device)
+    inference_ms = 1000 * (time.perf_counter() - start) / len(labels)
+    metrics: dict[str, Any] = summary(probs, labels, n_bins=cfg.ece_bins)
+    val = summary(*predict_probs(fast, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
+    metrics.update({f"val_{k}": v for k, v in val.items()},
+                   inference_ms_per_example=inference_ms)  # the test set, batches of eval_batch_size
+    return metrics, (probs, labels)
 
 
 def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
@@ -361,18 +368,6 @@ def load_finished(run_dir: str | Path) -> tuple[Run, nn.Module]:
     """
     with preserved_random_state():
         return _load_finished(Path(run_dir))
-
-
-@contextlib.contextmanager
-def preserved_random_state() -> Iterator[None]:
-    """Restore the global torch (CPU), numpy and python random states on exit."""
-    numpy_state, python_state = np.random.get_state(), random.getstate()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        np.random.set_state(numpy_state)
-        random.setstate(python_state)
 
 
 def _load_finished(run_dir: Path) -> tuple[Run, nn.Module]:
@@ -437,9 +432,13 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
             raise ConfigError(f"{out} changed while this run was being set up; run the command again")
         write_text(out / CONFIG, dump_yaml(cfg))
         final = fit(run, out / CHECKPOINT, progress)
-        metrics, probs, labels = evaluate_model(run, final)
+        metrics, predictions = evaluate_model(run, final)
         metrics.update(run.method.summary())
         save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
-        plot_reliability(probs, labels, out / RELIABILITY, n_bins=cfg.ece_bins, title=f"{cfg.method} on {cfg.data}")
+        title = f"{cfg.method} on {cfg.data}"
+        if is_regression(run):
+            plot_interval_calibration({cfg.method: predictions.pit()}, out / RELIABILITY, title=title)
+        else:
+            plot_reliability(*predictions, out / RELIABILITY, n_bins=cfg.ece_bins, title=title)
         write_json(out / METRICS, metrics)
     return metrics

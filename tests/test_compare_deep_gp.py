@@ -43,3 +43,45 @@ def test_a_bad_deep_gp_field_is_refused_before_training(tmp_path):
                            "inducing=3", "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "inducing" in proc.stderr
     assert not (tmp_path / "cmp").exists()
+
+
+REGRESSION = ["compare", "--data", "diabetes", "--methods", "rigl,cigl", "--epochs", "2", "--seeds", "2", "--jobs", "1",
+              "--no-progress"]
+
+
+def test_compare_on_regression_data_reports_rmse_nll_and_coverage_for_every_row(tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", *REGRESSION, "--with-deep-gp", "--deep-gp-set",
+                           "epochs=2", "--deep-gp-set", "num_inducing=16", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["method", "rmse", "nll", "coverage_50", "coverage_90", "coverage_95", "density", "train_seconds",
+                      "inference_ms_per_example", "parameters"]
+    rows = {line.split("|")[1].strip(): line for line in lines[1:]}
+    assert set(rows) == {"rigl", "cigl", "DGP", "DSPP"}
+    assert all("nan" not in line and "±" in line for line in rows.values())  # two seeds: mean ± interval
+    results = json.loads((out / "results.json").read_text())
+    for record in results["runs"]:
+        assert 0 <= record["coverage_90"] <= 1 and math.isfinite(record["rmse"]) and "accuracy" not in record
+    cigl = [r for r in results["runs"] if r["method"] == "cigl"]
+    assert all("mc_nll" in r for r in cigl)  # CigL's Monte Carlo predictive over Z is recorded too
+    from bayessparse.stats import interval
+
+    nll = results["summary"]["rigl"]["nll"]
+    expected = interval([r["nll"] for r in results["runs"] if r["method"] == "rigl"])
+    assert (nll["mean"], nll["ci95"], nll["n"]) == (expected.mean, expected.half_width, 2)
+    assert (out / "rigl" / "seed-1" / "config.yaml").read_text().count("model: mlp") == 1  # the regression defaults
+    for name in ("reliability-rigl.png", "reliability-deep-gp-dspp.png", "reliability-overlay.png"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_regression_data_refuses_temperature_scaling_and_ensembles_before_training(tmp_path):
+    for entry in ("rigl+ts", "dense:2", "cigl-pa"):
+        proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", "compare", "--data", "diabetes", "--methods",
+                               f"rigl,{entry}", "--out", str(tmp_path / "cmp")], capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (entry, proc.stderr)
+        assert "regression" in proc.stderr or "classes" in proc.stderr
+        assert not (tmp_path / "cmp").exists()

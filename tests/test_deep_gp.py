@@ -5,9 +5,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +18,10 @@ from bayessparse.baselines.deep_gp import build_model
 from bayessparse.baselines.gp_predict import predict
 from bayessparse.baselines.gp_training import build_gp_run, train_epoch
 from bayessparse.baselines.kmeans import kmeans
-from bayessparse.config import resolve
 from bayessparse.data import load
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch
 from bayessparse.folders import LOCK, MARKER, check_kind, folder_kind
-from bayessparse.train import build_run
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.regression import (
     gaussian_mixture_nll,
@@ -309,19 +304,6 @@ def test_diabetes_bundle_is_a_standardised_regression_set():
         load("diabetes", label_noise=0.1)
     with pytest.raises(ConfigError, match="n_samples"):
         load("diabetes", n_samples=100)
-
-
-def test_the_neural_trainer_refuses_a_regression_set(tmp_path):
-    with pytest.raises(ConfigError, match="regression"):
-        build_run(resolve({"data": "diabetes", "model": "mlp"}))
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "bayessparse.cli", "train", "--data", "diabetes", "--model", "mlp", "--epochs", "1",
-           "--out", str(out), "--no-progress"]
-    done = subprocess.run(cmd, capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.strip() and "Warning" not in line and "warn" not in line]
-    assert len(lines) == 1 and "diabetes" in lines[0] and "regression" in lines[0], done.stderr
-    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------- configuration

@@ -25,6 +25,7 @@ from torch.distributions import Bernoulli, Normal, kl_divergence
 import models
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
+from bayessparse.likelihoods import GaussianRegressor
 from bayessparse.methods import build_method
 from bayessparse.ppl.distributions import ActiveBernoulli, BernoulliMask, IsotropicNormal, KeepMask, MaskedWeight
 from bayessparse.ppl.elbo import CancellingTrace_ELBO
@@ -533,17 +534,23 @@ def test_gaussian_likelihood_learns_its_noise_scale():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(256, 3, generator=g)
     y = x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1 * torch.randn(256, generator=g)
-    model = SparseNetModel(net, len(x), 1e-4, likelihood="gaussian", noise_scale=1.0, name="regression")
+    model = SparseNetModel(GaussianRegressor(net), len(x), 1e-4, likelihood="gaussian", name="regression")
     guide = SparseGuide(model)
     with pyro.get_param_store().scope():
         svi = pyro.infer.SVI(model, guide, pyro.optim.Adam({"lr": 0.02}), CancellingTrace_ELBO())
         losses = [svi.step(x, y) for _ in range(300)]
-        noise = pyro.param("regression.noise_scale").item()
+        noise = pyro.param("regression.log_noise").exp().item()
+        assert model.network.noise_scale.item() == pytest.approx(noise)  # the store holds the network's own tensor
         trace = poutine.trace(model).get_trace(x, y)
     assert isinstance(trace.nodes["obs"]["fn"], pyro.distributions.Normal)
     assert trace.nodes["obs"]["fn"].batch_shape == (len(x),)
     assert losses[-1] < losses[0] - 0.5
     assert noise < 0.5  # from 1.0 toward the data's 0.1 (and the fit's residual)
+
+
+def test_gaussian_likelihood_needs_a_network_that_holds_the_noise():
+    with pytest.raises(ValueError, match="GaussianRegressor"):
+        SparseNetModel(models.build("mlp", 1, (3,), width=0.05), 10, likelihood="gaussian")
 
 
 def test_jit_trace_elbo_gives_trace_elbos_loss():

@@ -16,7 +16,8 @@ from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch, save_torch
-from bayessparse.train import numpy_rng_state, set_numpy_rng_state, train
+from bayessparse.rng import numpy_rng_state, set_numpy_rng_state
+from bayessparse.train import train
 
 
 class Payload:

@@ -48,6 +48,8 @@ def _spec(tmp_path: Path, text: str) -> Path:
         ("seeds: [0]\ndrop_rate: {setups: [a], rates: [0.1], sparsities: [0.9]}\n", "needs the 'calibration'"),
         ("seeds: [0]\ncalibration: {setups: {a: {}}, rows: [rigl], corruptions: [b]}\n", "unknown setup 'b'"),
         ("seeds: [zero]\n", "'seeds'"),
+        ("seeds: [0]\ndeep_gp: {regression: {config: {data: diabetes}, rows: [rigl+ts]}}\n", "'deep_gp.regression.rows'"),
+        ("seeds: [0]\ndeep_gp: {setups: [a], rows: [rigl]}\n", "needs the 'calibration' section"),
     ],
 )
 def test_bad_specification_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, text, needle):

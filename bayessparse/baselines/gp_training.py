@@ -23,7 +23,6 @@ the classification metrics (:mod:`bayessparse.uncertainty.regression`), in stand
 
 from __future__ import annotations
 
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +43,7 @@ from bayessparse.config import read_yaml
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
-from bayessparse.train import numpy_rng_state, preserved_random_state, seed_everything, set_numpy_rng_state
+from bayessparse.rng import global_rng_state, preserved_random_state, seed_everything, set_global_rng_state
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.regression import regression_summary
 
@@ -81,9 +80,7 @@ class GPRun:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "numpy_rng": numpy_rng_state(),
-            "python_rng": random.getstate(),
+            **global_rng_state(),
             "epoch": self.epoch,
             "step": self.step,
             "train_seconds": self.train_seconds,
@@ -94,9 +91,7 @@ class GPRun:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
-        set_numpy_rng_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_global_rng_state(state)
         self.epoch, self.step = state["epoch"], state["step"]
         self.train_seconds, self.history = state["train_seconds"], state["history"]
 

@@ -21,7 +21,7 @@ from bayessparse.data.sklearn_sets import load_breast_cancer, load_diabetes, loa
 from bayessparse.data.synthetic import load_synthetic
 from bayessparse.errors import ConfigError
 
-__all__ = ["DATASETS", "DataBundle", "load"]
+__all__ = ["DATASETS", "DataBundle", "REGRESSION", "load", "require_classification", "task_of"]
 
 #: name -> loader; every loader takes the keyword arguments of :func:`load` except ``name``.
 DATASETS: dict[str, Callable[..., DataBundle]] = {
@@ -34,6 +34,20 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
 }
+
+#: The regression datasets (``DataBundle.task == "regression"``); every other one is a classification set.
+REGRESSION = ("diabetes",)
+
+
+def task_of(name: str) -> str:
+    """``"regression"`` or ``"classification"``: the task of dataset ``name``, without loading it."""
+    return "regression" if name in REGRESSION else "classification"
+
+
+def require_classification(name: str, what: str) -> None:
+    """A ConfigError naming ``what`` (e.g. ``"evaluate"``) when dataset ``name`` is a regression set."""
+    if task_of(name) == "regression":
+        raise ConfigError(f"{what} works on classification data; {name!r} is a regression dataset")
 
 
 def load(

@@ -31,11 +31,11 @@ import math
 from typing import Any, Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.kernels.sparse_linear import SparseStructure, sparse_linear
+from bayessparse.likelihoods import negative_log_likelihood
 
 __all__ = ["AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "SparseKernelEngine", "pays"]
 
@@ -111,7 +111,7 @@ class SparseKernelEngine:
         with run.method.forward(run.model):
             keeps = self._keeps(run.method)
             with self._substituted(keeps):
-                loss = F.cross_entropy(run.model(x), y)
+                loss = negative_log_likelihood(run.model, run.model(x), y)
                 loss.backward()
         value = loss.item()
         if not math.isfinite(value):

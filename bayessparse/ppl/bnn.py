@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset, TensorDataset
 
 from bayessparse.batches import batches, num_batches
+from bayessparse.likelihoods import GaussianRegressor
 from bayessparse.ppl.guide import FAMILIES, KEEPS, SparseGuide
 from bayessparse.ppl.model import LIKELIHOODS, SparseNetModel
 from bayessparse.ppl.predictive import predictive
@@ -78,7 +79,9 @@ class SparseBNN:
 
     Args:
         net: a network (e.g. from :mod:`models`); its prunable weights are ``W``, the rest are
-            point-estimated. It is trained in place (its weights become the means ``U``).
+            point-estimated. It is trained in place (its weights become the means ``U``). With the
+            Gaussian likelihood it is wrapped in a :class:`~bayessparse.likelihoods.GaussianRegressor`
+            (``self.net``), which holds ``log s``.
         sparsity: fraction of pruned weights, in ``[0, 1)`` (``0``: dense, no ``M``).
         likelihood: ``"categorical"`` (logits) or ``"gaussian"`` (one output, learned noise).
         guide: ``"map"`` or ``"gaussian"``: ``q(W | Z)`` on the kept weights.
@@ -111,9 +114,12 @@ class SparseBNN:
                num_data)
         _check(weight_decay >= 0, "weight_decay", ">= 0", weight_decay)
         _check(isinstance(interval, int) and interval >= 1, "interval", "an int >= 1", interval)
+        _check(likelihood != "gaussian" or (math.isfinite(noise_scale) and noise_scale > 0), "noise_scale",
+               "a finite number > 0", noise_scale)
+        net = GaussianRegressor(net, float(noise_scale)) if likelihood == "gaussian" else net
         self.net, self.sparsity, self.likelihood = net, float(sparsity), likelihood
         self.family, self.keep, self.keep_prob, self.keep_init = guide, keep, 1.0 - drop_rate, keep_init
-        self.num_data, self.weight_decay, self.noise_scale = num_data, float(weight_decay), float(noise_scale)
+        self.num_data, self.weight_decay = num_data, float(weight_decay)
         self.method_name, self.layer_density = method, layer_density
         self.schedule = dict(interval=interval, alpha=alpha, end_fraction=end_fraction)
         self.generator = torch.Generator().manual_seed(seed)
@@ -144,7 +150,7 @@ class SparseBNN:
             self.method.setup(self.net, None, total_steps, steps_per_epoch)
         self.num_data = self.num_data or num_data
         self.model = SparseNetModel(self.net, self.num_data, self.weight_decay, self.keep_prob,
-                                    likelihood=self.likelihood, noise_scale=self.noise_scale)
+                                    likelihood=self.likelihood)
         self.guide = SparseGuide(self.model, self.masks, family=self.family, keep=self.keep,
                                  keep_init=self.keep_init)
 
@@ -224,8 +230,7 @@ class SparseBNN:
         """The learned noise scale ``s`` of the Gaussian likelihood."""
         if self.likelihood != "gaussian" or self.model is None:
             raise RuntimeError("SparseBNN: only a fitted Gaussian likelihood has a noise scale")
-        with self.scope():
-            return pyro.param(self.model.param_name("noise_scale")).detach().cpu()
+        return self.net.noise_scale.detach().cpu()
 
     def evaluate(self, data: Dataset | tuple[Tensor, Tensor], num_samples: int = 32, *,
                  seed: int | None = 0) -> dict[str, float]:

@@ -8,9 +8,10 @@ linear ``weight``) and plain parameters ``θ`` (biases, normalisation parameters
     y_n ~ Categorical(softmax f(x_n; Z ⊙ W, θ))          n = 1..N, in pyro.plate("data", N)
       or  Normal(f(x_n; Z ⊙ W, θ), s²)                     (likelihood="gaussian", s learned)
 
-``θ`` (and the Gaussian noise scale ``s``) are point-estimated parameters, ``pyro.param``
-statements named ``<name>.<parameter>`` under the model's own prefix ``name``, so two models in
-one process never share a parameter. Without a random mask (dense, static, SET, RigL, DST-EE)
+``θ`` are point-estimated parameters, ``pyro.param`` statements named ``<name>.<parameter>`` under
+the model's own prefix ``name``, so two models in one process never share a parameter. The
+Gaussian likelihood's network is a :class:`~bayessparse.likelihoods.GaussianRegressor`, whose
+``log s`` is one of the ``θ`` (so the plain loop and SVI learn the same noise scale). Without a random mask (dense, static, SET, RigL, DST-EE)
 there are no ``Z`` sites. The model says nothing about the mask ``M``: sparsity is a property of
 the variational family (:mod:`.guide`), not of the prior.
 
@@ -39,12 +40,12 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.distributions import constraints
 from pyro.nn import PyroModule
 from pyro.poutine.runtime import effectful
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bayessparse.likelihoods import LOG_NOISE, GaussianRegressor
 from bayessparse.ppl.distributions import BernoulliMask, FlatPrior, IsotropicNormal
 from bayessparse.sparsity.density import prunable_weights
 
@@ -52,6 +53,7 @@ __all__ = [
     "Categorical",
     "LIKELIHOODS",
     "SparseNetModel",
+    "likelihood_of",
     "network_weights",
     "prior_scale",
     "z_site",
@@ -59,6 +61,11 @@ __all__ = [
 
 LIKELIHOODS = ("categorical", "gaussian")
 _names = itertools.count()
+
+
+def likelihood_of(net: nn.Module) -> str:
+    """``"gaussian"`` for a :class:`~bayessparse.likelihoods.GaussianRegressor`, else ``"categorical"``."""
+    return "gaussian" if isinstance(net, GaussianRegressor) else "categorical"
 
 
 def z_site(weight_name: str) -> str:
@@ -126,7 +133,8 @@ class SparseNetModel(PyroModule):
         weight_decay: ``wd``; sets the prior scale (:func:`prior_scale`), 0 = flat prior.
         keep_prob: ``p₀`` of the random mask's prior ``Z ~ Bernoulli(p₀)``; 1 = no ``Z`` sites.
         likelihood: ``"categorical"`` (classification, logits) or ``"gaussian"`` (regression:
-            ``y ~ N(f(x), s²)`` with a learned noise scale ``s``, initialised at ``noise_scale``).
+            ``y ~ N(f(x), s²)``; ``net`` is then a :class:`~bayessparse.likelihoods.GaussianRegressor`,
+            whose parameter ``log_noise`` is ``log s``).
         name: prefix of the model's ``pyro.param`` names (default: ``"sparse_net"``, numbered
             from the second model of a process on).
         per_example: run every site under ``poutine.scale(1/N)`` (see the module docstring).
@@ -143,7 +151,6 @@ class SparseNetModel(PyroModule):
         keep_prob: float = 1.0,
         *,
         likelihood: str = "categorical",
-        noise_scale: float = 1.0,
         name: str | None = None,
         per_example: bool = True,
     ) -> None:
@@ -152,8 +159,9 @@ class SparseNetModel(PyroModule):
             raise ValueError(f"likelihood must be one of {LIKELIHOODS}, got {likelihood!r}")
         if not 0.0 < keep_prob <= 1.0:
             raise ValueError(f"keep_prob must be in (0, 1], got {keep_prob}")
-        if not noise_scale > 0:
-            raise ValueError(f"noise_scale must be > 0, got {noise_scale}")
+        if likelihood == "gaussian" and not isinstance(net, GaussianRegressor):
+            raise ValueError("likelihood 'gaussian' needs the network wrapped in bayessparse.likelihoods."
+                             f"GaussianRegressor (which holds the noise scale), got {type(net).__name__}")
         count = next(_names)
         self.name = name if name is not None else ("sparse_net" if count == 0 else f"sparse_net_{count}")
         self.net = net
@@ -161,7 +169,6 @@ class SparseNetModel(PyroModule):
         self.weight_decay = float(weight_decay)
         self.keep_prob = float(keep_prob)
         self.likelihood = likelihood
-        self.noise_scale = float(noise_scale)
         self.per_example = per_example
         self.scale = prior_scale(self.weight_decay, self.num_data)
         weights = prunable_weights(net)
@@ -218,15 +225,13 @@ class SparseNetModel(PyroModule):
             # The mini-batch is drawn by the data stream; the plate only records that it is a
             # subsample of N and scales its log-likelihood by N / B.
             with pyro.plate("data", self.num_data, subsample=self._positions(len(x), x.device)):
-                pyro.sample("obs", self._likelihood(out), obs=y)
+                pyro.sample("obs", self._likelihood(out, tensors), obs=y)
         return out
 
-    def _likelihood(self, out: Tensor) -> dist.TorchDistribution:
+    def _likelihood(self, out: Tensor, tensors: dict[str, Tensor]) -> dist.TorchDistribution:
         if self.likelihood == "categorical":
             return Categorical(logits=out)
-        noise = pyro.param(self.param_name("noise_scale"), torch.tensor(self.noise_scale, device=out.device),
-                           constraint=constraints.positive)
-        return dist.Normal(out.squeeze(-1), noise)
+        return dist.Normal(out[..., 0], tensors[LOG_NOISE].exp())
 
     def prior_predictive(self, x: Tensor, num_samples: int) -> Tensor:
         """``(S, B)`` draws of ``y`` for inputs ``x`` under the prior (refused for the flat prior)."""

@@ -47,7 +47,7 @@ from torch.utils.data import Dataset
 from bayessparse.batches import batches, inputs
 from bayessparse.files import save_figure
 from bayessparse.ppl.guide import SparseGuide
-from bayessparse.ppl.model import SparseNetModel, z_site
+from bayessparse.ppl.model import SparseNetModel, likelihood_of, z_site
 from bayessparse.sparsity.density import prunable_weights
 
 __all__ = ["BATCHNORM", "WEIGHTS", "LatentSummary", "keep_probabilities", "keep_probability", "latent_summaries",
@@ -158,7 +158,8 @@ def run_posterior(run: Any, net: nn.Module) -> tuple[SparseNetModel, SparseGuide
     """
     engine_guide = getattr(run.engine, "guide", None)
     keep = engine_guide.bayes.keep_prob if engine_guide is not None else keep_probability(run)
-    bayes = SparseNetModel(net, len(run.data.train), run.cfg.weight_decay or 1.0, keep_prob=keep, name="net")
+    bayes = SparseNetModel(net, len(run.data.train), run.cfg.weight_decay or 1.0, keep_prob=keep, name="net",
+                           likelihood=likelihood_of(net))
     options = engine_guide.options() if engine_guide is not None else {}
     guide = SparseGuide(bayes, getattr(run.method, "masks", None), **options)
     if engine_guide is not None:
@@ -180,7 +181,8 @@ def predictive_probs(
     seed: int = 0,
     return_latents: bool = False,
 ) -> Tensor | tuple[Tensor, LatentSummary]:
-    """``(S, N, C)`` class probabilities of ``S`` posterior draws on ``dataset`` (CPU, float32).
+    """``(S, N, C)`` class probabilities of ``S`` posterior draws on ``dataset`` (CPU, float32); for a
+    regression network (:class:`~bayessparse.likelihoods.GaussianRegressor`) the ``(S, N, 1)`` means.
 
     Args:
         run: the trained run (its method gives ``M``, its engine the learned ``q(Z)``).
@@ -211,8 +213,8 @@ def predictive_probs(
             for s in range(samples):
                 draw = {name: value[s] for name, value in draws.items()}
                 _reestimate_batchnorm(bayes, norms, draw, train_set, batch_size, run.device)
-                logits = _outputs(poutine.condition(bayes, draw), dataset, batch_size, run.device)
-                out.append(logits.float().softmax(-1))
+                outputs = _outputs(poutine.condition(bayes, draw), dataset, batch_size, run.device)
+                out.append(outputs.float().softmax(-1) if bayes.likelihood == "categorical" else outputs)
             probs = torch.stack(out)
         return (probs, latent_summaries(guide, draws)) if return_latents else probs
 

@@ -49,7 +49,7 @@ from bayessparse.errors import TrainingDiverged
 from bayessparse.method import TrainingMethod
 from bayessparse.ppl.elbo import CancellingTrace_ELBO
 from bayessparse.ppl.guide import SparseGuide
-from bayessparse.ppl.model import SparseNetModel, z_site
+from bayessparse.ppl.model import SparseNetModel, likelihood_of, z_site
 
 __all__ = ["DenseGradients", "DrawnLatents", "LatentCapture", "PyroEngine", "ScheduledSGD", "StructuredSVI",
            "random_mask_draw"]
@@ -276,7 +276,8 @@ class PyroEngine:
         random_mask = getattr(method, "random_mask", None)
         variational = dict(getattr(method, "variational", {}))
         keep = variational.pop("prior_keep", random_mask.keep if random_mask is not None else 1.0)
-        self.model = SparseNetModel(self.net, self.num_data, self.cfg.weight_decay, keep_prob=keep, name="net")
+        self.model = SparseNetModel(self.net, self.num_data, self.cfg.weight_decay, keep_prob=keep, name="net",
+                                    likelihood=likelihood_of(self.net))
         self.guide = SparseGuide(self.model, getattr(method, "masks", None), **variational)
         if random_mask is not None and [id(w) for w in random_mask.weights] != [
                 id(self.guide.means[n]) for n in self.model.weight_names]:

@@ -442,6 +442,7 @@ def imp(
     from bayessparse.plots.double_descent import plot_double_descent
     from bayessparse.train import load_data
 
+    datasets.require_classification(cfg.data, "IMP")  # its sweep reads test error and accuracy
     out = check_writable(out)
     check_kind(out, "imp")
     if cfg.kernels != "dense":  # each round rebuilds its masks outside any method

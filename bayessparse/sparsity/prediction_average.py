@@ -50,6 +50,8 @@ class CigLPredictionAverage(CigL):
     folded into a running weight average.
     """
 
+    regression = False  # its output averages the snapshots' class probabilities
+
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> None:
         super().setup(model, optimizer, total_steps, steps_per_epoch)
         self.snapshots: list[dict[str, torch.Tensor]] = []

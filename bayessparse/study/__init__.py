@@ -30,6 +30,7 @@ from bayessparse.study.report import (
     Report,
     calibration_section,
     corruption_section,
+    deep_gp_section,
     drop_rate_section,
     variational_section,
     dst_ee_section,
@@ -117,5 +118,6 @@ def _report(spec: StudySpec, root: Path, scores: dict, figures: Path, command: s
     dst_ee_section(rep)
     freetickets_section(rep)
     imp_section(rep)
+    deep_gp_section(rep)
     return rep
 

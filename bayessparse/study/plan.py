@@ -7,20 +7,26 @@ sections share is one cell). The same functions name the folders the report read
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from bayessparse.config import resolve
-from bayessparse.study.cells import Cell, folder_for, merge
+from bayessparse.config import TrainConfig, resolve
+from bayessparse.study.cells import Cell, folder_for, gp_folder_for, merge
 from bayessparse.study.rows import ROWS
 from bayessparse.study.spec import StudySpec
 
 
-def row_config(spec: StudySpec, setup: str, row: str, sparsity: float, seed: int, **changes):
-    """The config of ``row``'s runs in ``setup`` at ``sparsity`` (dense ignores the sparsity)."""
+def row_fields(row: str, sparsity: float, seed: int, **changes) -> dict[str, Any]:
+    """The config fields ``row`` sets on top of a setup's (dense ignores the sparsity)."""
     r = ROWS[row]
     fields = {**r.changes, **changes, "method": r.method, "seed": seed}
     if r.method != "dense":
         fields["sparsity"] = sparsity
-    return spec.config(setup, **fields)
+    return fields
+
+
+def row_config(spec: StudySpec, setup: str, row: str, sparsity: float, seed: int, **changes):
+    """The config of ``row``'s runs in ``setup`` at ``sparsity`` (dense ignores the sparsity)."""
+    return spec.config(setup, **row_fields(row, sparsity, seed, **changes))
 
 
 def row_cell(spec: StudySpec, root: Path, setup: str, row: str, sparsity: float, seed: int, *,
@@ -93,9 +99,62 @@ def imp_cells(spec: StudySpec, root: Path) -> dict[tuple[str, float], list[Cell]
     return out
 
 
+#: a deep GP section's group: ``(task, setup)``; the regression setup is named after its data set
+Group = tuple[str, str]
+
+
+def deep_gp_config(spec: StudySpec, cfg: TrainConfig, method: str, seed: int) -> Any:
+    """The deep GP baseline next to the network config ``cfg``: its data, split and ECE bins, the study's
+    ``seed``, the section's ``gp`` fields, :class:`~bayessparse.baselines.DeepGPConfig`'s defaults otherwise."""
+    from bayessparse.baselines.gp_config import DeepGPConfig
+
+    return DeepGPConfig.from_dict({**spec.deep_gp.gp, "method": method, "data": cfg.data,
+                                   "data_seed": cfg.data_seed, "seed": seed, "ece_bins": cfg.ece_bins})
+
+
+def deep_gp_groups(spec: StudySpec) -> dict[Group, tuple[dict[str, Any], tuple[str, ...]]]:
+    """``(task, setup) -> (config fields over base, network rows)`` of the deep GP section, classification
+    setups first."""
+    g = spec.deep_gp
+    if g is None:
+        return {}
+    groups = {("classification", name): (fields, g.rows) for name, fields in g.setups.items()}
+    if g.regression is not None:
+        name = resolve(spec.base, g.regression).data
+        groups[("regression", name)] = (g.regression, g.regression_rows)
+    return groups
+
+
+def deep_gp_cells(spec: StudySpec, root: Path) -> dict[Group, dict[str, list[Cell]]]:
+    """``(task, setup) -> row -> one cell per seed``: the network rows (keys of ROWS) at the section's sparsity,
+    then the deep GP rows (their methods, ``"dgp"`` / ``"dspp"``) on the same data, split and seeds.
+
+    A classification setup's network cell is :func:`row_cell`'s (the calibration section's folder when the
+    setup is one of its) and also reads ``metrics.json`` for the costs; a regression network cell only reads
+    ``metrics.json``; a deep GP cell lives in :func:`~bayessparse.study.cells.gp_folder_for`'s folder."""
+    g = spec.deep_gp
+    out: dict[Group, dict[str, list[Cell]]] = {}
+    for (task, name), (fields, rows) in deep_gp_groups(spec).items():
+        group = out.setdefault((task, name), {})
+        for row in rows:
+            for seed in spec.seeds:
+                cfg = resolve(spec.base, fields, row_fields(row, g.sparsity, seed))
+                predictions = (ROWS[row].predict, "metrics") if task == "classification" else ("metrics",)
+                group.setdefault(row, []).append(Cell(cfg.to_dict(), folder_for(root, cfg), predictions=predictions,
+                                                      mc_samples=spec.mc_samples, task=task))
+        for method in g.methods:
+            for seed in spec.seeds:
+                cfg = resolve(spec.base, fields, {"seed": seed})
+                gp = deep_gp_config(spec, cfg, method, seed).to_dict()
+                group.setdefault(method, []).append(Cell(gp, gp_folder_for(root, gp), "deep-gp", ("metrics",),
+                                                         task=task))
+    return out
+
+
 def plan(spec: StudySpec, root: Path) -> list[Cell]:
     """Every cell of the study, merged; the cheapest kinds first so that early tables fill in soon."""
     cells = calibration_cells(spec, root) + drop_rate_cells(spec, root) + variational_cells(spec, root)
     cells += [c for cs in freetickets_cells(spec, root).values() for c in cs]
     cells += [c for cs in imp_cells(spec, root).values() for c in cs]
+    cells += [c for rows in deep_gp_cells(spec, root).values() for cs in rows.values() for c in cs]
     return merge(cells)

@@ -7,14 +7,15 @@ Every number comes from the cells' scores (``study.json`` of each folder, see
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
-from bayessparse.config import TrainConfig
+from bayessparse.config import TrainConfig, resolve
 from bayessparse.stats import Interval, interval, paired_difference
-from bayessparse.study.plan import freetickets_cells, imp_cells, row_cell
+from bayessparse.study.plan import deep_gp_cells, freetickets_cells, imp_cells, row_cell
 from bayessparse.study.rows import ROWS
 from bayessparse.study.spec import StudySpec
 
@@ -498,3 +499,320 @@ def _imp_command(spec: StudySpec, study) -> str:
     fields = {**spec.base, **study.config}
     sets = " ".join(f"--set {k}={v}" for k, v in fields.items())
     return f"bayessparse imp {sets} --set width=W --seed K --rounds {study.rounds} --prune-fraction {study.prune_fraction:g} --out SWEEP"
+
+
+# ------------------------------------------------------------------------------------------ deep GPs
+
+#: the targets of the deep GP comparison: the best sparse Bayesian row's NLL ≤ the better deep GP's at ≤ this
+#: fraction of its training time (classification), and the sparse nets' 90 % interval coverage in this range
+GP_TIME_RATIO = 1 / 3
+COVERAGE_90 = (0.85, 0.95)
+GP_LABELS = {"dgp": "DGP", "dspp": "DSPP"}
+#: (key, label, decimals, +1 if higher is better / −1 if lower is); coverage is scored by its distance to 0.9
+GP_CLASSIFICATION = (("accuracy", "accuracy", 4, 1), ("nll", "NLL", 4, -1), ("ece", "ECE", 4, -1),
+                     ("brier", "Brier", 4, -1))
+GP_REGRESSION = (("rmse", "RMSE", 4, -1), ("nll", "NLL", 4, -1), ("coverage_50", "coverage 50 %", 3, 0),
+                 ("coverage_90", "coverage 90 %", 3, 0), ("coverage_95", "coverage 95 %", 3, 0))
+GP_COSTS = (("train_seconds", "train s"), ("inference_ms_per_example", "inference ms / example"),
+            ("parameters", "parameters (non-zero)"))
+
+
+class _Line:
+    """One row of a deep GP section table: per-seed values of every metric (``None``: not recorded)."""
+
+    def __init__(self, label: str, deep_gp: bool, bayesian: bool, sparse: bool,
+                 values: dict[str, list[float] | None]) -> None:
+        self.label, self.deep_gp, self.bayesian, self.sparse, self.values = label, deep_gp, bayesian, sparse, values
+
+    def has(self, key: str) -> bool:
+        return self.values.get(key) is not None
+
+    def interval(self, key: str) -> Interval:
+        return interval(self.values[key])
+
+    def mean(self, key: str) -> float:
+        return self.interval(key).mean
+
+
+def _per_seed(records: Sequence[dict[str, Any]], key: str) -> list[float] | None:
+    values = [r.get(key) for r in records]
+    return None if any(v is None for v in values) else [float(v) for v in values]
+
+
+def _is_bayesian(row: str) -> bool:
+    """CigL's family with its random mask: CigL and vCigL rows (not the ablation without Z)."""
+    r = ROWS[row]
+    return r.method in ("cigl", "vcigl") and r.changes.get("drop_rate", 1.0) != 0.0
+
+
+def _mc_label(row: str) -> str:
+    """The label of the Monte Carlo predictive of ``row``'s runs: its ROWS entry if it has one."""
+    method = ROWS[row].method
+    named = [r.label for r in ROWS.values() if r.method == method and r.predict == "mc"]
+    return named[0] if named else f"{ROWS[row].label} + MC"
+
+
+def _gp_lines(rep: Report, task: str, rows: dict[str, list]) -> list[_Line]:
+    """The table rows of one group of :func:`~bayessparse.study.plan.deep_gp_cells`, networks first."""
+    keys = [k for k, *_ in (GP_CLASSIFICATION if task == "classification" else GP_REGRESSION)] + [k for k, _ in GP_COSTS]
+    lines = []
+    for name, cells in rows.items():
+        scores = [rep.scores[c.folder] for c in cells]
+        metrics = [s["metrics"] for s in scores]
+        if name in GP_LABELS:
+            lines.append(_Line(GP_LABELS[name], True, False, False, {k: _per_seed(metrics, k) for k in keys}))
+            continue
+        row = ROWS[name]
+        sparse, bayes = row.method != "dense", _is_bayesian(name)
+        if task == "classification":
+            cards = [s[row.predict]["test"] for s in scores]
+            values = {k: _per_seed(cards if k in cards[0] else metrics, k) for k in keys}
+            if row.predict == "mc":  # the Monte Carlo predictive's own time, S forward passes
+                values["inference_ms_per_example"] = _per_seed(metrics, "mc_inference_ms_per_example")
+            lines.append(_Line(row.label, False, bayes, sparse, values))
+            continue
+        lines.append(_Line(row.label, False, bayes, sparse, {k: _per_seed(metrics, k) for k in keys}))
+        if all("mc_nll" in m for m in metrics):  # Monte Carlo over Z of the same runs (random-mask methods)
+            mc = {k: _per_seed(metrics, f"mc_{k}") for k in keys}
+            mc.update({k: _per_seed(metrics, k) for k in ("train_seconds", "parameters")})
+            lines.append(_Line(_mc_label(name), False, bayes, sparse, mc))
+    return lines
+
+
+def _count(i: Interval) -> str:
+    if not math.isfinite(i.half_width) or i.half_width == 0:
+        return f"{i.mean:,.0f}"
+    return f"{i.mean:,.0f} ± {i.half_width:,.0f}"
+
+
+def _cost_cell(line: _Line, key: str) -> str:
+    if not line.has(key):
+        return "–"
+    i = line.interval(key)
+    if key == "parameters":
+        return _count(i)
+    return i.format(1 if abs(i.mean) >= 10 else 2) if key == "train_seconds" else i.format(4)
+
+
+def _gp_table(lines: list[_Line], columns: Sequence[tuple[str, str, int, int]]) -> str:
+    rows = [[line.label, *[line.interval(k).format(d) if line.has(k) else "–" for k, _, d, _ in columns],
+             *[_cost_cell(line, k) for k, _ in GP_COSTS]] for line in lines]
+    return table(["method", *[label for _, label, _, _ in columns], *[label for _, label in GP_COSTS]], rows)
+
+
+def _best(lines: list[_Line]) -> _Line | None:
+    """The line with the lowest mean NLL."""
+    return min(lines, key=lambda line: line.mean("nll"), default=None)
+
+
+def _ratio(a: _Line, b: _Line, key: str) -> float | None:
+    if not (a.has(key) and b.has(key)) or b.mean(key) <= 0:
+        return None
+    return a.mean(key) / b.mean(key)
+
+
+def _times(r: float) -> str:
+    return f"{r:.2g}×"
+
+
+def _gp_reading(name: str, lines: list[_Line], columns: Sequence[tuple[str, str, int, int]],
+                tally: dict[str, int], ratios: dict[str, list[float]]) -> str | None:
+    """One paragraph from the numbers: the best network line against the better deep GP, metric by metric
+    (paired by seed; ahead means an interval that excludes 0), then what it costs. Counts the comparisons
+    into ``tally`` and the cost ratios into ``ratios``."""
+    nets = [line for line in lines if not line.deep_gp and line.has("nll")]
+    net = _best([line for line in nets if line.bayesian]) or _best(nets)
+    gp = _best([line for line in lines if line.deep_gp and line.has("nll")])
+    if net is None or gp is None:
+        return None
+    ahead, behind, even = [], [], []
+    for key, label, digits, sign in columns:
+        if not (net.has(key) and gp.has(key)) or (sign == 0 and key != "coverage_90"):
+            continue
+        if sign == 0:  # the 90 % coverage: closer to its nominal level is better
+            a, b = ([abs(v - 0.9) for v in line.values[key]] for line in (net, gp))
+            d, sign, label = paired_difference(a, b), -1, "|coverage 90 % − 0.9|"
+        else:
+            d = paired_difference(net.values[key], gp.values[key])
+        text = f"{label} ({d.mean:+.{digits}f})"
+        if d.excludes_zero():
+            (ahead if sign * d.mean > 0 else behind).append(text)
+        else:
+            even.append(text)
+    tally["networks"] += len(ahead)
+    tally["deep GPs"] += len(behind)
+    tally["unresolved"] += len(even)
+    which = "the best sparse Bayesian row" if net.bayesian else "the best network row"
+    text = (f"**{name}**: {net.label} against {gp.label}, {which} and the better deep GP by mean NLL (paired "
+            "differences network − deep GP). Resolved in the network's favour: " + (", ".join(ahead) or "none")
+            + "; in the deep GP's favour: " + (", ".join(behind) or "none")
+            + (f"; not resolved with {net.interval('nll').n} seeds: " + ", ".join(even) if even else "") + ".")
+    costs = []
+    for key, what in (("train_seconds", "training time"), ("inference_ms_per_example", "prediction time per example"),
+                      ("parameters", "parameter count")):
+        r = _ratio(net, gp, key)
+        if r is not None:
+            costs.append(f"{_times(r)} its {what}")
+            ratios.setdefault(key, []).append(r)
+    if costs:
+        text += f" Against the deep GP the network has {', '.join(costs)}."
+    return text
+
+
+def _span(values: list[float]) -> str:
+    return _times(values[0]) if len(values) == 1 else f"{_times(min(values))} to {_times(max(values))}"
+
+
+def deep_gp_section(rep: Report) -> None:
+    g = rep.spec.deep_gp
+    if g is None:
+        return
+    groups = deep_gp_cells(rep.spec, rep.root)
+    example = next(cells[0].gp for rows in groups.values() for name, cells in rows.items() if name in GP_LABELS)
+    rep.add("## Sparse Bayesian networks and deep GPs",
+            "CigL is read as a variational approximation of a deep Gaussian process; here the sparse networks at "
+            f"sparsity {_pct(g.sparsity)} stand next to real two-layer deep GPs (GPyTorch, bayessparse.baselines: "
+            f"{', '.join(GP_LABELS[m] for m in g.methods)}; {example.hidden_dims} hidden GPs, {example.num_inducing} "
+            f"inducing points each, {example.epochs} epochs of Adam at lr {example.lr:g}) on the same data, splits "
+            f"and seeds ({', '.join(map(str, rep.spec.seeds))}). Network rows score the row's prediction on the test "
+            "split (for a calibration setup, the numbers of its tables); deep GP rows their run's test metrics, "
+            "computed by the same functions with the same ECE bins. Costs: train s is the training loop's wall-clock time "
+            "(validation excluded) in the study's worker process, so with several workers trainings shared the "
+            "CPU: read the ratios within a table, not the seconds across machines; inference is the test-set "
+            "prediction time per example (a Monte Carlo row draws its samples, a deep GP its "
+            f"{example.eval_samples} predictive draws); parameters are the network's non-zero weights and biases "
+            "and every parameter of the deep GP, variational ones included. Mean ± 95 % CI over seeds; "
+            "differences are paired by seed.")
+    targets, coverage_rows, readings, series = [], [], [], []
+    tally = {"networks": 0, "deep GPs": 0, "unresolved": 0}
+    ratios: dict[str, list[float]] = {}
+    for (task, name), rows in groups.items():
+        lines = _gp_lines(rep, task, rows)
+        columns = GP_CLASSIFICATION if task == "classification" else GP_REGRESSION
+        setup_fields = g.setups[name] if task == "classification" else g.regression
+        cfg = resolve(rep.spec.base, setup_fields)
+        title = (f"{name}: sparse networks and deep GPs" if task == "classification"
+                 else f"{name} (regression): sparse networks and deep GPs")
+        heading = (f"### {name}: {cfg.data}, {cfg.model}{_width(cfg)}, {cfg.epochs} epochs, sparsity {_pct(g.sparsity)}"
+                   if task == "classification" else
+                   f"### Regression, {cfg.data}: {cfg.model}{_width(cfg)}, {cfg.epochs} epochs, sparsity "
+                   f"{_pct(g.sparsity)}")
+        about = ("Standardised targets: RMSE and NLL in units of the target's standard deviation; coverage is the "
+                 "fraction of test targets inside the central predictive interval. `+ MC` rows: Monte Carlo over "
+                 "the random mask `Z` of the same runs." if task == "regression" else "")
+        rep.add(heading, *([about] if about else []), _gp_commands(rep, setup_fields, rows),
+                f"**{title}**", _gp_table(lines, columns))
+        reading = _gp_reading(name, lines, columns, tally, ratios)
+        if reading:
+            readings.append(reading)
+        series.append((f"NLL, {name}", {line.label: [(line.mean("train_seconds"), line.interval("nll"))]
+                                        for line in lines if line.has("train_seconds") and line.has("nll")}))
+        if task == "classification":
+            targets.append(_nll_target(name, lines))
+        else:
+            coverage_rows += [line for line in lines if not line.deep_gp and line.sparse and line.has("coverage_90")]
+    _gp_targets(rep, [t for t in targets if t is not None], coverage_rows, groups)
+    if len(readings) > 1:
+        totals = (f"Over the {len(readings)} setups the networks are ahead with a resolved difference in "
+                  f"{tally['networks']} metric comparisons, the deep GPs in {tally['deep GPs']}, and "
+                  f"{tally['unresolved']} are not resolved with these seeds.")
+        spans = [f"{what} {_span(ratios[key])}" for key, what in (
+            ("train_seconds", "training time"), ("inference_ms_per_example", "prediction time"),
+            ("parameters", "parameter count")) if ratios.get(key)]
+        if spans:
+            totals += " The network's costs as multiples of the deep GP's: " + ", ".join(spans) + "."
+        readings.append(totals)
+    if readings:
+        rep.add("### Reading", *readings)
+    if any(s for _, s in series):
+        from bayessparse.plots.study import plot_panels
+
+        path = rep.figure("deep-gp.svg")
+        plot_panels([p for p in series if p[1]], path, "training seconds (mean over seeds)",
+                    "test NLL vs training time (mean, 95 % CI)", logx=True)
+        rep.add(rep.link(path, "NLL vs training time, sparse networks and deep GPs"))
+
+
+def _nll_target(name: str, lines: list[_Line]) -> dict[str, Any] | None:
+    """The classification target on one setup: the best sparse Bayesian row against the better deep GP."""
+    net = _best([line for line in lines if line.bayesian and line.sparse and line.has("nll")])
+    gp = _best([line for line in lines if line.deep_gp and line.has("nll")])
+    if net is None or gp is None:
+        return None
+    ratio = _ratio(net, gp, "train_seconds")
+    d = paired_difference(net.values["nll"], gp.values["nll"])
+    meets = net.mean("nll") <= gp.mean("nll") and ratio is not None and ratio <= GP_TIME_RATIO
+    return {"setup": name, "net": net, "gp": gp, "d_nll": d, "ratio": ratio, "meets": meets}
+
+
+def _gp_targets(rep: Report, targets: list[dict[str, Any]], coverage: list[_Line], groups: dict) -> None:
+    blocks = []
+    if targets:
+        rows = [[t["setup"], t["net"].label, t["net"].interval("nll").format(4), t["gp"].label,
+                 t["gp"].interval("nll").format(4), t["d_nll"].format(4),
+                 "–" if t["ratio"] is None else f"{t['ratio']:.2f}", "met" if t["meets"] else "not met"]
+                for t in targets]
+        met = sum(t["meets"] for t in targets)
+        blocks += ["**Target: the best sparse Bayesian row's NLL ≤ the better deep GP's at ≤ 1/3 of its training "
+                   "time**", table(["setup", "best sparse Bayesian row", "NLL", "better deep GP", "NLL",
+                                    "paired Δ NLL", "train time ratio", "target"], rows)]
+        details = []
+        for t in targets:
+            why = []
+            if t["net"].mean("nll") > t["gp"].mean("nll"):
+                why.append("its NLL is higher")
+            if t["ratio"] is None:
+                why.append("a training time is not recorded")
+            elif t["ratio"] > GP_TIME_RATIO:
+                why.append(f"it trains in {t['ratio']:.2f} of the deep GP's time, more than {GP_TIME_RATIO:.2f}")
+            resolved = ("a resolved difference" if t["d_nll"].excludes_zero() else "a difference these seeds do not "
+                        "resolve")
+            details.append(f"{t['setup']}: {'**met**' if t['meets'] else '**not met**'} ({t['net'].label} NLL "
+                           f"{t['net'].interval('nll').format(4)} against {t['gp'].label} "
+                           f"{t['gp'].interval('nll').format(4)}, {resolved}"
+                           + (f"; time ratio {t['ratio']:.2f}" if t["ratio"] is not None else "")
+                           + (f"; not met because {' and '.join(why)}" if why else "") + ").")
+        blocks.append(" ".join(details))
+        rep.claim("Sparse Bayesian nets: NLL ≤ the better deep GP's at ≤ 1/3 of its training time",
+                  f"met on {met} of {len(targets)} setups")
+    if coverage:
+        low, high = COVERAGE_90
+        rows = []
+        for line in coverage:
+            i = line.interval("coverage_90")
+            inside = low <= i.mean <= high
+            tight = math.isfinite(i.half_width) and low <= i.low and i.high <= high
+            rows.append([line.label, i.format(3), "met" if inside else "not met", "yes" if tight else "no"])
+        met = sum(r[2] == "met" for r in rows)
+        name = next(n for t, n in groups if t == "regression")
+        narrow = sum(line.mean("coverage_90") < low for line in coverage)
+        wide = sum(line.mean("coverage_90") > high for line in coverage)
+        side = []
+        if narrow:
+            side.append(f"{narrow} cover less than {low:g} of the test targets: their intervals are too narrow "
+                        "(over-confident)")
+        if wide:
+            side.append(f"{wide} cover more than {high:g}: their intervals are too wide (under-confident)")
+        blocks += [f"**Target: the sparse nets' 90 % interval coverage on {name} within {low:g}-{high:g}**",
+                   table(["row", "coverage 90 %", f"mean in [{low:g}, {high:g}]", "whole interval inside"], rows),
+                   f"Met by {met} of {len(rows)} sparse rows" + (f"; {'; '.join(side)}." if side else ".")]
+        rep.claim(f"Sparse nets' 90 % coverage within {low:g}-{high:g} on {name}", f"met by {met} of {len(rows)} rows")
+    if blocks:
+        rep.add("### Targets", *blocks)
+
+
+def _gp_commands(rep: Report, setup_fields: dict[str, Any], rows: dict[str, list]) -> str:
+    from bayessparse.baselines.gp_config import DEFAULTS
+
+    fields = {**rep.spec.base, **setup_fields}
+    sets = " ".join(f"--set {k}={v}" for k, v in fields.items() if v is not None)  # None: the field's default
+    out = (f"One network cell: `bayessparse train {sets} --method METHOD --sparsity {_pct(rep.spec.deep_gp.sparsity)} "
+           "--seed K --out RUN`")
+    gp_rows = [cells[0] for name, cells in rows.items() if name in GP_LABELS]
+    if gp_rows:
+        cfg = gp_rows[0].gp.to_dict()
+        shown = {k: v for k, v in cfg.items() if k not in ("method", "seed") and (k == "data" or v != DEFAULTS[k])}
+        args = ", ".join(f"{k}={v!r}" for k, v in shown.items())
+        out += (f"; one deep GP cell: `python -c \"from bayessparse.baselines import DeepGPConfig, train_deep_gp; "
+                f"train_deep_gp(DeepGPConfig(method='METHOD', seed=K, {args}), 'RUN')\"`")
+    return out + "."

@@ -15,6 +15,13 @@ Layout of the file (every section but ``seeds`` and ``base`` may be left out)::
     variational: {priors: [0.95, 0.99]}   # vcigl's prior keep probabilities, on drop_rate's setups and sparsities
     freetickets: {setup: cnn1d, sparsity: 0.9, members: 3, method: rigl}
     imp: [{name: synthetic, config: {...}, widths: [0.5, 1, 2], rounds: 26, prune_fraction: 0.2}]
+    deep_gp:                              # sparse Bayesian networks next to GPyTorch deep GPs
+      setups: [cnn1d, digits]             # calibration setups (or name -> config fields of its own)
+      sparsity: 0.9
+      rows: [rigl, cigl, vcigl]           # network rows, keys of ROWS
+      methods: [dgp, dspp]                # deep GP rows (bayessparse.baselines.DeepGPConfig.method)
+      regression: {config: {data: diabetes, model: mlp}, rows: [rigl, cigl, vcigl]}
+      gp: {epochs: 60}                    # DeepGPConfig fields of every deep GP cell (its defaults otherwise)
 
 Every problem is a :class:`~bayessparse.errors.ConfigError` naming the field, raised before any
 training starts.
@@ -30,7 +37,7 @@ from bayessparse.config import TrainConfig, read_yaml, resolve
 from bayessparse.errors import ConfigError
 from bayessparse.study.rows import ROWS
 
-SECTIONS = ("seeds", "base", "mc_samples", "calibration", "drop_rate", "variational", "freetickets", "imp")
+SECTIONS = ("seeds", "base", "mc_samples", "calibration", "drop_rate", "variational", "freetickets", "imp", "deep_gp")
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,26 @@ class IMPStudy:
 
 
 @dataclass(frozen=True)
+class DeepGPStudy:
+    """Sparse networks and deep GPs on the same data, splits and seeds.
+
+    ``setups`` maps a name to its config fields (over ``base``): a calibration setup's own fields when the
+    spec lists its name, so the network cells are the calibration section's. ``regression`` holds the config
+    fields of one regression setup (named after its data set) with its network ``regression_rows``; ``gp`` holds the
+    :class:`~bayessparse.baselines.DeepGPConfig` fields every deep GP cell shares (its data, split, seed
+    and ECE bins come from the setup and the study's seeds).
+    """
+
+    setups: dict[str, dict[str, Any]]
+    sparsity: float
+    rows: tuple[str, ...]
+    methods: tuple[str, ...] = ("dgp", "dspp")
+    regression: dict[str, Any] | None = None
+    regression_rows: tuple[str, ...] = ()
+    gp: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StudySpec:
     path: str
     seeds: tuple[int, ...]
@@ -82,6 +109,7 @@ class StudySpec:
     variational: Variational | None = None
     freetickets: FreeTickets | None = None
     imp: tuple[IMPStudy, ...] = field(default_factory=tuple)
+    deep_gp: DeepGPStudy | None = None
 
     def config(self, setup: str, **fields: Any) -> TrainConfig:
         """The resolved config of ``setup`` (a calibration setup name) with ``fields`` on top."""
@@ -187,6 +215,101 @@ def _imp(raw: Any, base: dict[str, Any]) -> tuple[IMPStudy, ...]:
     return tuple(out)
 
 
+#: the network methods that train on a regression set (bayessparse.train; Gaussian likelihood)
+REGRESSION_METHODS = ("dense", "static", "set", "rigl", "dst-ee", "cigl", "vcigl", "rigl-wdp")
+#: DeepGPConfig fields the study sets itself: from the setup (data, split, bins), the row and the seed
+GP_FIELDS_SET_BY_STUDY = ("method", "data", "data_seed", "seed", "ece_bins")
+#: TrainConfig fields the deep GP baselines cannot follow (DeepGPConfig loads the data set at its defaults)
+GP_UNMATCHED_DATA = {"n_samples": None, "label_noise": 0.0, "data_root": None}
+
+
+def _rows(value: Any, name: str) -> tuple[str, ...]:
+    rows = tuple(dict.fromkeys(str(r) for r in (value if isinstance(value, list) else [value])))
+    if not rows:
+        raise ConfigError(f"study field '{name}' must name at least one row")
+    for row in rows:
+        if row not in ROWS:
+            raise ConfigError(f"study field '{name}': unknown row '{row}' (choose from: {', '.join(ROWS)})")
+    return rows
+
+
+def _same_data_as_gp(base: dict[str, Any], fields: dict[str, Any], name: str) -> None:
+    """The deep GPs load a data set by name, split and seed only: a setup must not change it otherwise."""
+    cfg = resolve(base, fields)
+    for key, default in GP_UNMATCHED_DATA.items():
+        if getattr(cfg, key) != default:
+            raise ConfigError(f"study field '{name}': {key}={getattr(cfg, key)!r} changes the data, which the deep "
+                              f"GP baselines cannot follow (their config has no {key}); use a setup without it")
+
+
+def _deep_gp(raw: Any, base: dict[str, Any], calibration: Calibration | None) -> DeepGPStudy:
+    from bayessparse.baselines.gp_config import METHODS, DeepGPConfig
+
+    g = _mapping(raw, "deep_gp")
+    _keys(g, "deep_gp", ("setups", "sparsity", "rows", "methods", "regression", "gp"))
+    if not g.get("setups") and g.get("regression") is None:
+        raise ConfigError("study field 'deep_gp' needs 'setups' (classification) or 'regression', or both")
+    setups: dict[str, dict[str, Any]] = {}
+    listed = g.get("setups") or {}
+    if isinstance(listed, Mapping):  # setups of the section's own: name -> config fields over base
+        for key, fields in listed.items():
+            if calibration is not None and key in calibration.setups:
+                raise ConfigError(f"study field 'deep_gp.setups.{key}' is a calibration setup's name: list it "
+                                  "by name (deep_gp.setups: [...]) to share its runs, or rename it")
+            setups[str(key)] = _mapping(fields, f"deep_gp.setups.{key}")
+            resolve(base, setups[str(key)])
+    else:
+        if calibration is None:
+            raise ConfigError("study field 'deep_gp.setups' names calibration setups: it needs the 'calibration' "
+                              "section (or give the setups as a mapping of name: config fields)")
+        for s in listed if isinstance(listed, list) else [listed]:
+            if not isinstance(s, str):
+                raise ConfigError(f"study field 'deep_gp.setups' must list setup names, got {s!r}")
+            setups[s] = calibration.setups[_setup_name(s, calibration.setups, "deep_gp.setups")]
+    for key, fields in setups.items():
+        _same_data_as_gp(base, fields, f"deep_gp.setups.{key}")
+    if setups and "rows" not in g:
+        raise ConfigError("study field 'deep_gp.rows' is missing (the network rows of the classification setups)")
+    rows = _rows(g["rows"], "deep_gp.rows") if setups else ()
+    sparsity = g.get("sparsity", 0.9)
+    if isinstance(sparsity, list):
+        raise ConfigError(f"study field 'deep_gp.sparsity' must be one number, got {sparsity!r}")
+    sparsity = _numbers(sparsity, "deep_gp.sparsity", float, 0.0, 1.0)[0]
+    methods = g.get("methods", list(METHODS))
+    methods = tuple(dict.fromkeys(str(m) for m in (methods if isinstance(methods, list) else [methods])))
+    if not methods or any(m not in METHODS for m in methods):
+        raise ConfigError(f"study field 'deep_gp.methods' must list deep GP methods ({', '.join(METHODS)}), "
+                          f"got {g.get('methods')!r}")
+    gp = _mapping(g.get("gp") or {}, "deep_gp.gp")
+    for key in gp:
+        if key in GP_FIELDS_SET_BY_STUDY:
+            raise ConfigError(f"study field 'deep_gp.gp.{key}' is set by the study (from the setups and seeds); "
+                              "remove it")
+    try:
+        DeepGPConfig.from_dict(gp)
+    except ConfigError as exc:
+        raise ConfigError(f"study field 'deep_gp.gp': {exc}") from None
+    regression, regression_rows = None, ()
+    if g.get("regression") is not None:
+        r = _mapping(g["regression"], "deep_gp.regression")
+        _keys(r, "deep_gp.regression", ("config", "rows"), ("config", "rows"))
+        regression = _mapping(r["config"], "deep_gp.regression.config")
+        for key in ("method", "seed", "sparsity"):
+            if key in regression:
+                raise ConfigError(f"study field 'deep_gp.regression.config.{key}' is set by the study (rows, seeds, "
+                                  "deep_gp.sparsity); remove it")
+        resolve(base, regression)
+        _same_data_as_gp(base, regression, "deep_gp.regression.config")
+        regression_rows = _rows(r["rows"], "deep_gp.regression.rows")
+        allowed = [k for k, v in ROWS.items() if v.predict == "model" and v.method in REGRESSION_METHODS]
+        for row in regression_rows:
+            if row not in allowed:
+                raise ConfigError(f"study field 'deep_gp.regression.rows': row '{row}' cannot be scored on a "
+                                  "regression set (its Monte Carlo numbers come with the run's own row; choose "
+                                  f"from: {', '.join(allowed)})")
+    return DeepGPStudy(setups, sparsity, rows, methods, regression, regression_rows, gp)
+
+
 def read_spec(path: str | Path) -> StudySpec:
     """Read and check a study specification (see the module docstring)."""
     raw = read_yaml(path)
@@ -204,4 +327,5 @@ def read_spec(path: str | Path) -> StudySpec:
     variational = _variational(raw["variational"], drop) if raw.get("variational") is not None else None
     tickets = _freetickets(raw["freetickets"], calibration) if raw.get("freetickets") is not None else None
     imp = _imp(raw["imp"], base) if raw.get("imp") is not None else ()
-    return StudySpec(str(path), seeds, base, mc, calibration, drop, variational, tickets, imp)
+    deep_gp = _deep_gp(raw["deep_gp"], base, calibration) if raw.get("deep_gp") is not None else None
+    return StudySpec(str(path), seeds, base, mc, calibration, drop, variational, tickets, imp, deep_gp)

@@ -1,4 +1,8 @@
-"""Reliability diagrams (Guo et al., 2017) written as PNG files.
+"""Reliability diagrams (Guo et al., 2017) written as PNG files, and their regression counterpart.
+
+For a regressor the diagram is the calibration curve of its central intervals (Kuleshov et al.,
+ICML 2018): the observed coverage of the central ``α`` interval of each predictive distribution
+against ``α`` (:func:`plot_interval_calibration`).
 
 Uses :class:`matplotlib.figure.Figure` with the Agg canvas directly, so no pyplot and no global
 backend state. Bins come from :func:`bayessparse.uncertainty.metrics.calibration_bins`, the same
@@ -16,7 +20,10 @@ from torch import Tensor
 from bayessparse.files import save_figure
 from bayessparse.uncertainty.metrics import calibration_bins, ece_from_bins
 
-__all__ = ["plot_reliability", "plot_reliability_overlay"]
+__all__ = ["INTERVAL_LEVELS", "plot_interval_calibration", "plot_reliability", "plot_reliability_overlay"]
+
+#: The nominal levels of :func:`plot_interval_calibration`'s curves.
+INTERVAL_LEVELS = tuple(round(0.05 * k, 2) for k in range(1, 20)) + (0.99,)
 
 _DIAGONAL_GID = "diagonal"
 
@@ -111,5 +118,34 @@ def plot_reliability_overlay(curves: dict[str, tuple[Tensor, Tensor]], path: str
     ax.set_aspect("equal")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     ax.set_title(title or "Reliability diagram")
+    save_figure(fig, path)
+    return fig
+
+
+def plot_interval_calibration(pits: dict[str, Tensor], path: str | os.PathLike, title: str | None = None) -> Figure:
+    """Observed against nominal coverage of central intervals, one line per predictive, saved as PNG.
+
+    ``pits`` maps a name to the probability integral transform ``F_n(y_n)`` of each target under its
+    predictive distribution, ``(N,)`` (:func:`bayessparse.uncertainty.regression.mixture_cdf`); the
+    central ``α`` interval covers ``y_n`` when ``|F_n(y_n) − ½| ≤ α/2``. Each line's legend gives its mean
+    absolute gap to the diagonal over :data:`INTERVAL_LEVELS`; below the diagonal the intervals are too
+    narrow (over-confident). Written atomically; returns the Figure.
+    """
+    if not pits:
+        raise ValueError("pits must contain at least one predictive")
+    levels = np.array(INTERVAL_LEVELS)
+    fig = Figure(figsize=(5.6, 6.2), layout="constrained")
+    ax = fig.subplots()
+    _draw_diagonal(ax)
+    for name, pit in pits.items():
+        distance = np.abs(pit.detach().cpu().double().numpy() - 0.5)
+        observed = (distance[None, :] <= levels[:, None] / 2).mean(axis=1)
+        gap = float(np.mean(np.abs(observed - levels)))
+        ax.plot(levels, observed, marker="o", markersize=4, linewidth=1.6, clip_on=False,
+                label=f"{name} (mean gap {gap:.3f})")
+    _style_unit_axes(ax, "Nominal coverage of the central interval", "Observed coverage")
+    ax.set_aspect("equal")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
+    ax.set_title(title or "Interval calibration")
     save_figure(fig, path)
     return fig
