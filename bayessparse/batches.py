@@ -14,7 +14,7 @@ training mode cannot normalise a single example, and every example is still used
 from __future__ import annotations
 
 from numbers import Integral
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 from torch.utils.data import DataLoader, Dataset, TensorDataset
@@ -39,6 +39,11 @@ def _bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return bounds
 
 
+def batch_sizes(dataset: Dataset, batch_size: int) -> list[int]:
+    """The sizes of the batches :func:`batches` yields for ``dataset`` (without a ``world``: whole batches)."""
+    return [stop - start for start, stop in _bounds(len(dataset), check_batch_size(batch_size))]
+
+
 def num_batches(dataset: Dataset, batch_size: int) -> int:
     """How many batches :func:`batches` yields for ``dataset`` (a lone last example joins the batch before)."""
     n, batch_size = len(dataset), check_batch_size(batch_size)
@@ -52,11 +57,19 @@ def batches(
     shuffle: bool = False,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
+    world: Any = None,
 ) -> Iterator[Batch]:
     """Yield ``(x, y)`` batches of ``batch_size`` examples; the last batch may be smaller, never a single
-    example when there is more than one batch (it is folded into the one before, which gets one more)."""
+    example when there is more than one batch (it is folded into the one before, which gets one more).
+
+    ``world`` (a :class:`bayessparse.distributed.World` of several processes): every rank draws the same
+    order and yields only its contiguous part of each batch (:func:`bayessparse.distributed.part`)."""
     n = len(dataset)
     bounds = _bounds(n, check_batch_size(batch_size))
+    if world is not None and world.size > 1:
+        from bayessparse.distributed import part
+
+        bounds = [part(start, stop, world) for start, stop in bounds]
     order = torch.randperm(n, generator=generator) if shuffle else None
     if isinstance(dataset, TensorDataset):
         x_all, y_all = dataset.tensors[:2]

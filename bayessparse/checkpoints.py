@@ -14,8 +14,24 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch
+from bayessparse.rng import global_rng_state, set_global_rng_state
 
-__all__ = ["fitting", "read_checkpoint", "same_config"]
+__all__ = ["fitting", "load_progress", "progress_state", "read_checkpoint", "same_config"]
+
+
+def progress_state(run: Any) -> dict[str, Any]:
+    """Where a run (network or deep GP) stands: its generator, the global generators, ``epoch``, ``step``,
+    ``train_seconds`` and ``history`` -- the checkpoint entries every kind of run shares."""
+    return {"generator": run.generator.get_state(), **global_rng_state(), "epoch": run.epoch, "step": run.step,
+            "train_seconds": run.train_seconds, "history": run.history}
+
+
+def load_progress(run: Any, state: Mapping[str, Any]) -> None:
+    """Inverse of :func:`progress_state`."""
+    run.generator.set_state(state["generator"])
+    set_global_rng_state(state)
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.train_seconds, run.history = state["train_seconds"], state["history"]
 
 
 def read_checkpoint(path: Path, keys: Sequence[str], what: str) -> dict[str, Any]:

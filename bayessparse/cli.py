@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from bayessparse.config import FIELD_NAMES, read_yaml, resolve
-from bayessparse.errors import ConfigError, TrainingDiverged, WriteError
+from bayessparse.errors import ConfigError, RankMismatch, TrainingDiverged, WriteError
 from bayessparse.methods import check_method
 
 # flag -> config field, for the flags every training command shares
@@ -86,11 +86,18 @@ def _resumed(out: Path, kind: str, config: str, state: str) -> Path:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from bayessparse import distributed
     from bayessparse.train import CHECKPOINT, CONFIG, train
 
     saved = _resumed(args.out, "run", CONFIG, CHECKPOINT) if args.resume else None
     cfg = resolve(*_config_layers(args, saved))
-    metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    world = distributed.init_from_environment(cfg.device)  # torchrun: one process per rank
+    try:
+        metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
+    finally:
+        distributed.close()
+    if not world.main:
+        return 0
     keys = ("rmse", "nll", "coverage_90") if metrics.get("task") == "regression" else ("accuracy", "nll", "ece", "brier")
     scores = "  ".join(f"{key} {metrics[key]:.4f}" for key in (*keys, "density"))
     print(f"{cfg.method} on {cfg.data}: {scores}  ({metrics['train_seconds']:.1f} s)  -> {args.out}")
@@ -442,6 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except TrainingDiverged as exc:
         print(f"bayessparse: training diverged: {exc}", file=sys.stderr)
+        return 1
+    except RankMismatch as exc:
+        print(f"bayessparse: distributed run stopped: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         how = "terminated" if isinstance(exc, Terminated) else "interrupted"

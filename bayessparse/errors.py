@@ -19,3 +19,7 @@ class WriteError(OSError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is left in place."""
+
+
+class RankMismatch(RuntimeError):
+    """The processes of a distributed run no longer hold the same masks or weights; the run stops."""

@@ -17,6 +17,7 @@ ends bit-identical to an uninterrupted one on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -30,9 +31,9 @@ from torch.optim.swa_utils import update_bn
 from tqdm.auto import tqdm
 
 import models
-from bayessparse import checkpoints
+from bayessparse import checkpoints, distributed
 from bayessparse import data as datasets
-from bayessparse.batches import batches, inputs, num_batches
+from bayessparse.batches import batch_sizes, batches, inputs, num_batches
 from bayessparse.config import DEFAULTS, TrainConfig, dump_yaml, read_yaml, resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
@@ -41,7 +42,8 @@ from bayessparse.likelihoods import GaussianRegressor, negative_log_likelihood
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method, check_method
 from bayessparse.predict import predict_probs
-from bayessparse.rng import global_rng_state, preserved_random_state, seed_everything, set_global_rng_state
+from bayessparse.rng import preserved_random_state, seed_everything
+from bayessparse.sparsifier import Sparsifier
 from bayessparse.sparsity.density import prunable_weights
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.reliability import plot_interval_calibration, plot_reliability
@@ -119,15 +121,34 @@ class Run:
     method: TrainingMethod
     generator: torch.Generator
     device: torch.device
-    epoch: int = 0
-    step: int = 0
+    sparsifier: Sparsifier  # the method on the model and optimizer: the plain step, the epoch and step counts
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     engine: Any = None  # None: the plain step; else an object with step(run, x, y) -> loss (cfg.engine)
+    world: distributed.World = field(default_factory=distributed.World)  # the processes of a torchrun launch
+    net: nn.Module | None = None  # what the plain step runs forward: the model, under DDP when distributed
 
     @property
     def steps_per_epoch(self) -> int:
         return num_batches(self.data.train, self.cfg.batch_size)
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken (update steps included): the sparsifier's count."""
+        return self.sparsifier.t
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.sparsifier.t = value
+
+    @property
+    def epoch(self) -> int:
+        """Epochs finished: the sparsifier's count."""
+        return self.sparsifier.epoch
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self.sparsifier.epoch = value
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -137,12 +158,7 @@ class Run:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(),
             "engine": self.engine.state_dict() if self.engine is not None else None,
-            "generator": self.generator.get_state(),
-            **global_rng_state(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "history": self.history,
+            **checkpoints.progress_state(self),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -153,10 +169,7 @@ class Run:
         self.method.load_state_dict(state["method"])
         if self.engine is not None:
             self.engine.load_state_dict(state.get("engine") or {})
-        self.generator.set_state(state["generator"])
-        set_global_rng_state(state)
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.train_seconds, self.history = state["train_seconds"], state["history"]
+        checkpoints.load_progress(self, state)
 
 
 def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
@@ -184,10 +197,15 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     method = build_method(cfg, model, generator)
     if data.task == "regression" and not method.regression:
         raise ConfigError(f"method {cfg.method!r} predicts classes only; {cfg.data!r} is a regression dataset")
-    method.setup(model, optimizer, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    sparsifier = Sparsifier(model, optimizer, method, cfg.epochs * steps_per_epoch, steps_per_epoch)
     if engine is not None:
         engine.bind(method)
-    return Run(cfg, data, model, optimizer, scheduler, method, generator, device, engine=engine)
+    world = distributed.world()
+    if world.distributed and (engine is not None or cfg.engine != "plain"):
+        raise ConfigError(f"a run on {world.size} processes takes the plain engine with kernels 'dense', "
+                          f"not engine {cfg.engine!r} / kernels {cfg.kernels!r}")
+    return Run(cfg, data, model, optimizer, scheduler, method, generator, device, sparsifier, engine=engine,
+               world=world, net=distributed.wrap(model, device))
 
 
 def build_network(cfg: TrainConfig, data: datasets.DataBundle) -> nn.Module:
@@ -201,29 +219,32 @@ def is_regression(run: Run) -> bool:
     return run.data.task == "regression"
 
 
-def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
-    """One step of the shared algorithm, by the run's engine; returns the mini-batch loss."""
-    step = plain_step if run.engine is None else run.engine.step
-    return step(run, x, y)
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, total: int | None = None) -> float:
+    """One step of the shared algorithm, by the run's engine; returns the mini-batch loss. ``total``: the
+    global batch's size when ``(x, y)`` is this process's part of it (a distributed run, plain engine)."""
+    if run.engine is None:
+        return plain_step(run, x, y, total)
+    return run.engine.step(run, x, y)
 
 
-def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> float:
-    """The plain PyTorch step: the negative log-likelihood, backward, the method's hooks, SGD, the lr schedule, ``run.step``."""
+def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor, total: int | None = None) -> float:
+    """The plain PyTorch step, as a user's loop takes it with the drop-in API
+    (:mod:`bayessparse.sparsifier`): the negative log-likelihood and its backward pass inside the
+    method's forward context, then the sparsifier's step (SGD under the mask, or a structure update)
+    and the lr schedule."""
     run.optimizer.zero_grad(set_to_none=True)
-    with run.method.forward(run.model):
-        loss = negative_log_likelihood(run.model, run.model(x), y)
-        loss.backward()
+    with run.sparsifier.forward():
+        out = (run.net or run.model)(x)
+        # a rank whose part of a short last batch is empty still joins the gradient all-reduce
+        loss = negative_log_likelihood(run.model, out, y) if len(y) else out.sum() * 0.0
+        (loss * distributed.loss_weight(len(y), total or len(y), run.world)).backward()
     value = loss.item()
     if not math.isfinite(value):
         raise TrainingDiverged(f"loss became {value} at epoch {run.epoch + 1}, step {run.step}")
-    if run.method.wants_update(run.step):
-        run.method.update(run.step, run.optimizer)
-    else:
-        run.method.before_optimizer_step()
-        run.optimizer.step()
-        run.method.after_optimizer_step()
+    step = run.step
+    if run.sparsifier.step() is not None and run.world.distributed:
+        distributed.check_same_masks(run.sparsifier.masks, step, run.world, run.device)
     run.scheduler.step()
-    run.step += 1
     return value
 
 
@@ -241,13 +262,15 @@ def check_finite(run: Run) -> None:
 def train_epoch(run: Run, progress: bool) -> float:
     """One pass over the shuffled training set; returns the mean training loss."""
     run.model.train()
-    total, count = 0.0, 0
-    stream = batches(run.data.train, run.cfg.batch_size, shuffle=True, generator=run.generator, device=run.device)
+    loss_sum, count = 0.0, 0
+    stream = batches(run.data.train, run.cfg.batch_size, shuffle=True, generator=run.generator, device=run.device,
+                     world=run.world)
     bar = tqdm(stream, total=run.steps_per_epoch, desc=f"epoch {run.epoch + 1}", leave=False, disable=not progress)
-    for x, y in bar:
-        total += train_step(run, x, y) * len(y)
+    sizes = batch_sizes(run.data.train, run.cfg.batch_size)  # of the global batches (a rank loads its part)
+    for (x, y), size in zip(bar, sizes):
+        loss_sum += train_step(run, x, y, size) * len(y)
         count += len(y)
-    return total / count
+    return loss_sum / max(count, 1)
 
 
 def validation_scores(run: Run, model: nn.Module) -> dict[str, float]:
@@ -284,8 +307,7 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
         try:
             loss = train_epoch(run, progress)
             check_finite(run)
-            run.epoch += 1
-            run.method.end_of_epoch(run.epoch, run.step)
+            run.sparsifier.end_of_epoch()
             run.train_seconds += time.perf_counter() - start
             current = run.method.current_model(run.model, lambda m: recalibrate_batchnorm(run, m))
             val = validation_scores(run, current)
@@ -297,7 +319,7 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
         epochs.set_postfix(loss=f"{loss:.3f}", **{f"val_{score[:4]}": f"{val[score]:.3f}"})
         if checkpoint is not None:
             save_torch(checkpoint, run.state_dict())
-    return run.method.final_model(run.model, lambda m: recalibrate_batchnorm(run, m))
+    return run.sparsifier.final_model(lambda m: recalibrate_batchnorm(run, m))
 
 
 def inference_model(run: Run, model: nn.Module) -> nn.Module:
@@ -427,13 +449,19 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     run = build_run(cfg)
     if state is not None:
         restore(run, state, resume_from)
-    with exclusive(out, "train", kind="run"):
-        if prepare_run_dir(cfg, out, resume) != resume_from:  # another writer came and went meanwhile
+    main = run.world.main  # with several processes rank 0 writes the folder; the others train alongside
+    distributed.barrier()  # every rank has read the folder before rank 0 writes to it
+    with exclusive(out, "train", kind="run") if main else contextlib.nullcontext():
+        if main and prepare_run_dir(cfg, out, resume) != resume_from:  # another writer came and went meanwhile
             raise ConfigError(f"{out} changed while this run was being set up; run the command again")
-        write_text(out / CONFIG, dump_yaml(cfg))
-        final = fit(run, out / CHECKPOINT, progress)
+        if main:
+            write_text(out / CONFIG, dump_yaml(cfg))
+        final = fit(run, out / CHECKPOINT if main else None, progress and main)
+        distributed.check_same_weights(run.model, run.world, run.device, "at the end of training")
         metrics, predictions = evaluate_model(run, final)
-        metrics.update(run.method.summary())
+        metrics.update(run.method.summary(), **distributed.describe(run.world))
+        if not main:
+            return metrics
         save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
         title = f"{cfg.method} on {cfg.data}"
         if is_regression(run):

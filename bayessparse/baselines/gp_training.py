@@ -43,7 +43,7 @@ from bayessparse.config import read_yaml
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
-from bayessparse.rng import global_rng_state, preserved_random_state, seed_everything, set_global_rng_state
+from bayessparse.rng import preserved_random_state, seed_everything
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.regression import regression_summary
 
@@ -79,21 +79,13 @@ class GPRun:
             "config": self.cfg.to_dict(),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),
-            **global_rng_state(),
-            "epoch": self.epoch,
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "history": self.history,
+            **checkpoints.progress_state(self),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        set_global_rng_state(state)
-        self.epoch, self.step = state["epoch"], state["step"]
-        self.train_seconds, self.history = state["train_seconds"], state["history"]
+        checkpoints.load_progress(self, state)
 
 
 def flat_inputs(dataset: torch.utils.data.Dataset) -> torch.Tensor:

@@ -61,6 +61,7 @@ class CigL(SparseTraining):
         self.snapshot = snapshot
         self.fused = fused
         self.t = 0  # steps taken (the fused kernel's seeds are a function of it)
+        self._drawn_at = -1  # the step whose Z the random mask holds (one draw per optimizer step)
         self._held = contextlib.ExitStack()
 
     def setup(self, model: nn.Module, optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int) -> None:
@@ -83,7 +84,10 @@ class CigL(SparseTraining):
                                dense_grad=dense_grad):
                 yield
             return
-        self.random_mask.thin_()
+        # Z is drawn once per optimizer step: with gradient accumulation every micro-batch of the step
+        # (every forward context before the step) sees the same Z, as the fused path's seeds do.
+        self.random_mask.thin_(redraw=self._drawn_at != self.t)
+        self._drawn_at = self.t
         try:
             yield
         finally:
@@ -92,6 +96,7 @@ class CigL(SparseTraining):
     def update(self, step: int, optimizer: torch.optim.Optimizer) -> dict[str, float]:
         stats = super().update(step, optimizer)
         self.random_mask.refresh()
+        self._drawn_at = -1  # the held draw indexes the old M
         self.t = step + 1
         return stats
 
@@ -138,5 +143,6 @@ class CigL(SparseTraining):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.t = int(state.get("t", 0))
+        self._drawn_at = -1
         self.random_mask.load_state_dict(state["random_mask"])
         self.average.load_state_dict(state["average"])

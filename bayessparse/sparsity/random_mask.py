@@ -72,9 +72,11 @@ class RandomMask:
         return self.kept_masks(self.draw())
 
     @torch.no_grad()
-    def thin_(self) -> None:
-        """Draw ``Z`` and zero the dropped weights in place (their values are kept aside)."""
-        self.dropped = self.draw()
+    def thin_(self, redraw: bool = True) -> None:
+        """Draw ``Z`` (``redraw=False``: keep the last draw) and zero the dropped weights in place (their
+        values are kept aside)."""
+        if redraw:
+            self.dropped = self.draw()
         self._saved = [w.view(-1)[d] for w, d in zip(self.weights, self.dropped)]
         self._zero_dropped([w.data for w in self.weights])
 

@@ -114,12 +114,7 @@ def plot_reliability_overlay(curves: dict[str, tuple[Tensor, Tensor]], path: str
         keep = b["counts"] > 0
         ax.plot(b["confidence"][keep], b["accuracy"][keep], marker="o", markersize=4, linewidth=1.6,
                 clip_on=False, label=f"{name} (ECE {ece:.4f})")
-    _style_unit_axes(ax, "Confidence", "Accuracy")
-    ax.set_aspect("equal")
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
-    ax.set_title(title or "Reliability diagram")
-    save_figure(fig, path)
-    return fig
+    return _finish_overlay(fig, ax, ("Confidence", "Accuracy"), title or "Reliability diagram", path)
 
 
 def plot_interval_calibration(pits: dict[str, Tensor], path: str | os.PathLike, title: str | None = None) -> Figure:
@@ -143,9 +138,15 @@ def plot_interval_calibration(pits: dict[str, Tensor], path: str | os.PathLike, 
         gap = float(np.mean(np.abs(observed - levels)))
         ax.plot(levels, observed, marker="o", markersize=4, linewidth=1.6, clip_on=False,
                 label=f"{name} (mean gap {gap:.3f})")
-    _style_unit_axes(ax, "Nominal coverage of the central interval", "Observed coverage")
+    return _finish_overlay(fig, ax, ("Nominal coverage of the central interval", "Observed coverage"),
+                           title or "Interval calibration", path)
+
+
+def _finish_overlay(fig: Figure, ax, labels: tuple[str, str], title: str, path: str | os.PathLike) -> Figure:
+    """Unit square axes with ``labels``, the legend under them, ``title``; saved to ``path``."""
+    _style_unit_axes(ax, *labels)
     ax.set_aspect("equal")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
-    ax.set_title(title or "Interval calibration")
+    ax.set_title(title)
     save_figure(fig, path)
     return fig

@@ -1,0 +1,161 @@
+"""Sparse training inside your own loop: attach a method to any model and optimizer.
+
+::
+
+    sparsifier = bayessparse.sparsify(model, optimizer, method="cigl", sparsity=0.9, total_steps=T)
+    for x, y in loader:
+        optimizer.zero_grad()
+        with sparsifier.forward():            # CigL: the weights are thinned by this step's Z
+            loss_fn(model(x), y).backward()
+        sparsifier.step()                      # optimizer.step() under the mask, or a drop-and-grow update
+        scheduler.step()                       # your schedule, as usual
+    sparsifier.end_of_epoch()                  # once per epoch (CigL's weight average takes snapshots)
+    final = sparsifier.final_model()           # CigL: the averaged network; others: the model itself
+
+It is the trainer's own step (:func:`bayessparse.train.plain_step` runs through a
+:class:`Sparsifier`), so a method behaves the same in ``bayessparse train`` and in your loop:
+
+* on an update step of the method's schedule (RigL's ``ΔT``) the mask moves by the step's dense
+  gradients and no optimizer step is taken (Evci et al., 2020); the optimizer state of every weight
+  that was dropped or grown is zeroed (SGD momentum, Adam's and AdamW's moments: every state tensor
+  shaped like the weight);
+* otherwise the gradients are masked (``grad ⊙ M``; CigL also ``⊙ Z``) before ``optimizer.step()``,
+  so pruned weights, their gradients and their optimizer state stay exactly zero for SGD, Adam and
+  AdamW alike (decoupled weight decay of a zero weight is zero).
+
+**Gradient accumulation.** Call :meth:`Sparsifier.forward` around each micro-batch's forward and
+backward and :meth:`Sparsifier.step` once per optimizer step: CigL draws ``Z`` once per optimizer
+step, and every micro-batch of the step sees the same ``Z``.
+
+**Mixed precision.** Pass the ``GradScaler`` to :meth:`Sparsifier.step` (it calls
+``scaler.step(optimizer)`` and ``scaler.update()`` for you). On an update step the gradients are
+unscaled first; an update whose gradients overflowed is skipped (the mask stays, the scale drops),
+as ``scaler.step`` skips an optimizer step.
+
+Methods: every ``--method`` of the registry that trains with a torch optimizer (``vcigl`` learns its
+keep probabilities by SVI: use ``bayessparse train`` or :class:`bayessparse.ppl.SparseBNN`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import nn
+
+from bayessparse.config import PYRO_METHODS, TrainConfig, resolve
+from bayessparse.errors import ConfigError
+from bayessparse.method import TrainingMethod
+from bayessparse.methods import build_method
+
+__all__ = ["Sparsifier", "sparsify"]
+
+#: The keyword options of :func:`sparsify`: config fields of the method (``bayessparse.config.TrainConfig``).
+OPTIONS = ("layer_density", "dense_first", "update_interval", "update_alpha", "update_end", "explore_c",
+           "drop_rate", "averaging_start")
+
+
+class Sparsifier:
+    """A training method attached to a model and an optimizer; see the module docstring.
+
+    Args:
+        model: the network; its prunable weights are every ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d``
+            ``weight`` (:func:`bayessparse.sparsity.density.prunable_weights`).
+        optimizer: a torch optimizer over the model's parameters (SGD, Adam, AdamW, ...).
+        method: a :class:`~bayessparse.method.TrainingMethod` (:func:`sparsify` builds one by name).
+        total_steps: the optimizer steps of the whole training (the update schedule is a fraction of it).
+        steps_per_epoch: optimizer steps per epoch (default ``total_steps``).
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: TrainingMethod,
+                 total_steps: int, steps_per_epoch: int | None = None) -> None:
+        self.model, self.optimizer, self.method = model, optimizer, method
+        self.total_steps = total_steps
+        self.steps_per_epoch = steps_per_epoch or total_steps
+        self.t = 0  # optimizer steps taken (update steps included)
+        self.epoch = 0
+        method.setup(model, optimizer, total_steps, self.steps_per_epoch)
+
+    @contextlib.contextmanager
+    def forward(self) -> Iterator[None]:
+        """Context around a forward and backward pass (CigL: the weights are thinned by ``Z`` inside it)."""
+        with self.method.forward(self.model):
+            yield
+
+    def step(self, scaler: torch.amp.GradScaler | None = None) -> dict[str, float] | None:
+        """One optimizer step under the method, or a structure update; returns the update's statistics
+        (fraction and number of positions changed) on an update step, else ``None``."""
+        stats = None
+        if self.method.wants_update(self.t):
+            stats = self._update(scaler)
+        else:
+            self.method.before_optimizer_step()
+            if scaler is None:
+                self.optimizer.step()
+            else:
+                scaler.step(self.optimizer)
+                scaler.update()
+            self.method.after_optimizer_step()
+        self.t += 1
+        return stats
+
+    def _update(self, scaler: torch.amp.GradScaler | None) -> dict[str, float] | None:
+        if scaler is not None:
+            scaler.unscale_(self.optimizer)
+            finite = all(bool(torch.isfinite(p.grad).all()) for group in self.optimizer.param_groups
+                         for p in group["params"] if p.grad is not None)
+            scaler.update()
+            if not finite:
+                return None
+        return self.method.update(self.t, self.optimizer)
+
+    def end_of_epoch(self) -> None:
+        """Mark the end of an epoch (CigL's weight average takes its snapshot here once ``T*`` is passed)."""
+        self.epoch += 1
+        self.method.end_of_epoch(self.epoch, self.t)
+
+    def final_model(self, recalibrate: Callable[[nn.Module], None] | None = None) -> nn.Module:
+        """The model to evaluate: CigL's averaged network (``recalibrate(net)`` re-estimates its BatchNorm
+        statistics, e.g. ``torch.optim.swa_utils.update_bn`` on your training loader), else the model."""
+        return self.method.final_model(self.model, recalibrate or (lambda net: None))
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """The deterministic masks ``M`` by weight name (empty for dense training)."""
+        mask_set = getattr(self.method, "masks", None)
+        return dict(mask_set.masks) if mask_set is not None else {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state (masks, schedule, random mask, average) and the step count; the model's and
+        the optimizer's states are yours to save beside it."""
+        return {"t": self.t, "epoch": self.epoch, "method": self.method.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.t, self.epoch = int(state["t"]), int(state["epoch"])
+        self.method.load_state_dict(state["method"])
+
+
+def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "rigl", *, sparsity: float = 0.9,
+             total_steps: int, steps_per_epoch: int | None = None, seed: int = 0, **options: Any) -> Sparsifier:
+    """Attach ``method`` (a name of the ``--method`` registry) at ``sparsity`` to ``model`` and ``optimizer``.
+
+    ``options`` are the method's settings, named as the config fields :data:`OPTIONS` (e.g.
+    ``drop_rate=0.01``, ``update_interval=100``); ``seed`` seeds the initial topology, the updates' tie
+    breaks and CigL's ``Z``. Bad values are a :class:`~bayessparse.errors.ConfigError` naming the field.
+    """
+    if not isinstance(model, nn.Module):
+        raise ConfigError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise ConfigError(f"optimizer must be a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    for name, value in (("total_steps", total_steps), ("steps_per_epoch", steps_per_epoch)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option '{unknown[0]}' (choose from: {', '.join(OPTIONS)})")
+    if method in PYRO_METHODS:
+        raise ConfigError(f"method '{method}' is trained by SVI: use bayessparse train or bayessparse.ppl.SparseBNN")
+    cfg: TrainConfig = resolve({"method": method, "sparsity": sparsity, "seed": seed, **options})
+    generator = torch.Generator().manual_seed(cfg.seed)
+    return Sparsifier(model, optimizer, build_method(cfg, model, generator), total_steps, steps_per_epoch)
