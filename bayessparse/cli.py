@@ -158,7 +158,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if not methods:
         raise ConfigError(f"--methods names no method, got {args.methods!r}")
     compare(cfg, methods, _seeds(args.seeds), args.out, progress=not args.no_progress, workers=_workers(args.jobs),
-            with_deep_gp=args.with_deep_gp, deep_gp=_assignments(args.deep_gp_set, "--deep-gp-set"))
+            with_deep_gp=args.with_deep_gp, deep_gp=_assignments(args.deep_gp_set, "--deep-gp-set"),
+            processes=args.processes)
     return 0
 
 
@@ -318,7 +319,7 @@ def cmd_study(args: argparse.Namespace) -> int:
     words = ["study", "--quick" if args.quick else f"--config {spec}"]
     words += [f"--out {out}"] + ([f"--docs {args.docs}"] if args.docs is not None else [])
     result = run_study(spec, out, workers=_workers(args.jobs), docs=args.docs, progress=not args.no_progress,
-                       command="bayessparse " + " ".join(words))
+                       command="bayessparse " + " ".join(words), processes=args.processes)
     print(f"{result['cells']} trainings scored in {result['seconds']:.0f} s -> {', '.join(result['report'])}")
     return 0
 
@@ -347,6 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
                       help="add a 2-layer deep GP and a DSPP (GPyTorch) on the same splits, and cost columns")
     comp.add_argument("--deep-gp-set", action="append", default=[], metavar="FIELD=VALUE",
                       help="a field of the deep GP rows' config (epochs, num_inducing, lr, ...)")
+    comp.add_argument("--processes", type=int, default=1,
+                      help="train each run data-parallel on this many processes (torchrun; default 1)")
     comp.add_argument("--out", type=_folder, default=Path("runs/compare"), help="output folder")
     comp.set_defaults(func=cmd_compare)
 
@@ -395,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "re-running continues it")
     study.add_argument("--docs", type=Path, help="also write results.md and figures/ into this folder (e.g. docs)")
     study.add_argument("--jobs", type=int, default=None, help="trainings run side by side (default: one per core)")
+    study.add_argument("--processes", type=int, default=1,
+                       help="train each run data-parallel on this many processes (torchrun; default 1)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
     study.set_defaults(func=cmd_study)
 

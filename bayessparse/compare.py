@@ -46,6 +46,7 @@ from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.methods import METHODS, check_method
 from bayessparse.jobs import run_jobs
 from bayessparse.data import task_of
+from bayessparse.distributed import launch
 from bayessparse.predictors import labels_of, model_predictor, temperature_scaled
 from bayessparse.regressors import network_predictions
 from bayessparse.stats import interval
@@ -242,10 +243,13 @@ def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
     return {**record, **test, "method": record["method"] + TEMPERATURE_SUFFIX, "temperature": temperature}
 
 
-def _job(job: tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any]]) -> dict[str, Any]:
-    """One training of the table (a run, an ensemble, a deep GP), resumed if its folder holds one; worker-safe."""
-    what, cfg_dict, folder, entry, progress, deep_gp = job
+def _job(job: tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any], int]) -> dict[str, Any]:
+    """One training of the table (a run, an ensemble, a deep GP), resumed if its folder holds one; worker-safe.
+    A run on several processes is launched with torchrun (:func:`bayessparse.distributed.launch`)."""
+    what, cfg_dict, folder, entry, progress, deep_gp, processes = job
     cfg = resolve(cfg_dict)
+    if what == "run" and processes > 1:
+        return launch(cfg, folder, processes)
     if what == "run":
         return train(cfg, folder, resume=True, progress=progress)
     if what == "deep-gp":
@@ -273,14 +277,17 @@ def _deep_gp_record(cfg: TrainConfig, entry: Entry, overrides: dict[str, Any], f
 
 def compare(
     base: TrainConfig, methods: Sequence[str], seeds: Sequence[int], out: str | Path, progress: bool = True,
-    workers: int = 1, with_deep_gp: bool = False, deep_gp: dict[str, Any] | None = None,
+    workers: int = 1, with_deep_gp: bool = False, deep_gp: dict[str, Any] | None = None, processes: int = 1,
 ) -> dict[str, Any]:
     """Train every entry (method or ensemble, see :func:`parse_entry`) with every seed, print the table,
     write results.json and the diagrams. ``workers`` trainings run side by side (:mod:`bayessparse.jobs`).
 
     ``with_deep_gp`` adds the deep GP rows (:func:`deep_gp_entries`, same data, split and seeds) and the
     cost columns :data:`COST_METRICS` to every row; ``deep_gp`` overrides fields of their
-    :class:`~bayessparse.baselines.DeepGPConfig` (e.g. ``{"epochs": 20}``)."""
+    :class:`~bayessparse.baselines.DeepGPConfig` (e.g. ``{"epochs": 20}``); ``processes`` > 1 trains each run
+    data-parallel on that many processes (torchrun; ensembles and deep GPs stay in one)."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"--processes must be an integer >= 1, got {processes!r}")
     entries = list(dict.fromkeys(parse_entry(m) for m in methods))
     if with_deep_gp:
         entries += deep_gp_entries()
@@ -289,7 +296,7 @@ def compare(
     out = check_writable(out)
     check_kind(out, "compare")
     with exclusive(out, "compare", kind="compare"):
-        return _compare(base, entries, seeds, out, progress, workers, deep_gp or {})
+        return _compare(base, entries, seeds, out, progress, workers, deep_gp or {}, processes)
 
 
 def check_entries(base: TrainConfig, entries: Sequence[Entry]) -> None:
@@ -308,16 +315,16 @@ def check_entries(base: TrainConfig, entries: Sequence[Entry]) -> None:
 
 
 def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path, progress: bool,
-             workers: int, deep_gp: dict[str, Any]) -> dict[str, Any]:
+             workers: int, deep_gp: dict[str, Any], processes: int) -> dict[str, Any]:
     """The trainings, the table and the diagrams of :func:`compare`, under the folder's lock."""
-    jobs: dict[str, tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any]]] = {}
+    jobs: dict[str, tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any], int]] = {}
     inner_bars = progress and workers == 1  # per-epoch bars only when the trainings run in this process
     for entry in entries:
         for seed in seeds:
             folder = str(out / entry.folder / f"seed-{seed}")
             method = base.method if entry.kind == "deep-gp" else entry.method
             cfg = base.replace(method=method, seed=seed).to_dict()
-            jobs.setdefault(folder, (entry.job, cfg, folder, entry, inner_bars, deep_gp))
+            jobs.setdefault(folder, (entry.job, cfg, folder, entry, inner_bars, deep_gp, processes))
     done = dict(zip(jobs, run_jobs(_job, list(jobs.values()), workers, progress=progress, desc="trainings")))
     records = []
     for entry in entries:

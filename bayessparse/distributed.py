@@ -22,13 +22,19 @@ Data parallel, with one global batch split across the processes (ranks):
 * **Checkpoints.** Rank 0 writes the run folder (atomically, as always); every rank resumes from it, and
   a resumed run on the same number of ranks ends bit-identical to an uninterrupted one.
 
-Backends: ``gloo`` on CPU, ``nccl`` on CUDA (each rank on ``cuda:LOCAL_RANK``).
+Backends: ``gloo`` on CPU, ``nccl`` on CUDA (each rank on ``cuda:LOCAL_RANK``). ``compare`` and ``study``
+launch their trainings this way with ``--processes N`` (:func:`launch`).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,7 +43,7 @@ from torch import nn
 
 from bayessparse.errors import ConfigError, RankMismatch
 
-__all__ = ["World", "check_same_masks", "check_same_weights", "init_from_environment", "loss_weight", "part",
+__all__ = ["World", "check_same_masks", "check_same_weights", "init_from_environment", "launch", "loss_weight", "part",
            "world"]
 
 
@@ -156,6 +162,29 @@ def close() -> None:
     """Leave the process group (end of a distributed command)."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def launch(cfg: Any, out: str | Path, processes: int) -> dict[str, Any]:
+    """Train ``cfg`` into the run folder ``out`` on ``processes`` local processes (``torchrun --standalone``),
+    resuming what the folder holds; return its metrics record. How ``compare`` and ``study`` run their
+    trainings data-parallel (``--processes``)."""
+    from bayessparse.config import dump_yaml
+
+    out = Path(out)
+    if (out / "metrics.json").exists():
+        return json.loads((out / "metrics.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(dump_yaml(cfg))
+        resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
+        done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                               f"--nproc_per_node={processes}", "-m", "bayessparse", "train", "--config", str(config),
+                               "--out", str(out), "--no-progress", *resume], capture_output=True, text=True)
+    if done.returncode != 0:
+        lines = [line for line in done.stderr.splitlines() if line.startswith("bayessparse:")] or \
+            done.stderr.strip().splitlines()[-1:]
+        raise RuntimeError(f"the {processes}-process training of {out} failed: {lines[-1] if lines else done.returncode}")
+    return json.loads((out / "metrics.json").read_text())
 
 
 def describe(w: World) -> dict[str, Any]:

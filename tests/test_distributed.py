@@ -166,3 +166,26 @@ def test_a_difference_between_ranks_stops_both(what):
     assert set(results) == {0, 1}
     expected = "after the mask update of step 7" if what == "masks" else "at the end of training"
     assert all("differ between the 2 processes" in r and expected in r for r in results.values()), dict(results)
+
+
+def test_compare_launches_its_runs_on_several_processes(tmp_path):
+    out = tmp_path / "cmp"
+    done = subprocess.run([sys.executable, "-m", "bayessparse", "compare", "--data", "digits", "--model", "mlp",
+                           "--methods", "rigl", "--epochs", "1", "--seeds", "1", "--jobs", "1", "--processes", "2",
+                           "--no-progress", "--out", str(out)], capture_output=True, text=True, env=_env(), cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    record = json.loads((out / "results.json").read_text())["runs"][0]
+    assert record["world_size"] == 2 and record["method"] == "rigl"
+    bad = subprocess.run([sys.executable, "-m", "bayessparse", "compare", "--processes", "0", "--out",
+                          str(tmp_path / "bad")], capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--processes" in bad.stderr and not (tmp_path / "bad").exists()
+
+
+def test_the_study_checks_its_process_count_before_anything(tmp_path):
+    from bayessparse.errors import ConfigError
+    from bayessparse.study import default_spec, run_study
+
+    with pytest.raises(ConfigError, match="--processes"):
+        run_study(default_spec(quick=True), tmp_path / "study", processes=0)
+    assert not (tmp_path / "study").exists()

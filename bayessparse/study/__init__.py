@@ -13,6 +13,7 @@ One study writes an output folder at a time: a lock file refuses a second proces
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -77,8 +78,11 @@ def _predictions(spec: StudySpec, root: Path):
 
 
 def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs: str | Path | None = None,
-              progress: bool = True, command: str | None = None) -> dict[str, Any]:
-    """Run (or continue) the study of ``spec_path`` in ``out``; write its report; return a summary."""
+              progress: bool = True, command: str | None = None, processes: int = 1) -> dict[str, Any]:
+    """Run (or continue) the study of ``spec_path`` in ``out``; write its report; return a summary.
+    ``processes`` > 1 trains each run data-parallel on that many processes (torchrun)."""
+    if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
+        raise ConfigError(f"--processes must be an integer >= 1, got {processes!r}")
     spec = read_spec(spec_path)
     out = check_writable(out)
     check_kind(out, "study")
@@ -90,7 +94,8 @@ def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs:
     check_cells(cells)
     with _locked(out):
         start = time.perf_counter()
-        results = run_jobs(score, cells, workers, progress=progress, desc="study")
+        results = run_jobs(functools.partial(score, processes=processes), cells, workers, progress=progress,
+                           desc="study")
         seconds = time.perf_counter() - start
         scores = {c.folder: r for c, r in zip(cells, results)}
         targets = [out] + ([Path(docs)] if docs is not None else [])

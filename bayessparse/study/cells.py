@@ -164,11 +164,15 @@ def _missing(card: dict[str, Any] | None, cell: Cell) -> bool:
     return card is None or (cell.corruptions and "corruptions" not in card) or (cell.ood and "ood" not in card)
 
 
-def _score_run(cell: Cell, folder: Path) -> dict[str, Any]:
+def _score_run(cell: Cell, folder: Path, processes: int = 1) -> dict[str, Any]:
     from bayessparse import predictors as P
     from bayessparse.train import METRICS, load_finished, train
 
-    if not (folder / METRICS).exists():
+    if not (folder / METRICS).exists() and processes > 1:
+        from bayessparse.distributed import launch
+
+        launch(cell.cfg, folder, processes)
+    elif not (folder / METRICS).exists():
         train(cell.cfg, folder, resume=True, progress=False)
     scores = _read(folder)
     todo = [p for p in cell.predictions if p != "metrics" and _missing(scores.get(p), cell)]
@@ -289,11 +293,12 @@ def _score_deep_gp(cell: Cell, folder: Path) -> dict[str, Any]:
     return {"metrics": _metrics_json(folder)}
 
 
-def score(cell: Cell) -> dict[str, Any]:
-    """Train the cell's unit if its folder holds no finished one, score what is missing; return the scores."""
+def score(cell: Cell, processes: int = 1) -> dict[str, Any]:
+    """Train the cell's unit if its folder holds no finished one, score what is missing; return the scores.
+    ``processes`` > 1: a run trains data-parallel on that many processes (torchrun)."""
     folder = Path(cell.folder)
     if cell.kind == "run":
-        return _score_run(cell, folder)
+        return _score_run(cell, folder, processes)
     if cell.kind == "imp":
         return _score_imp(cell, folder)
     if cell.kind == "deep-gp":
