@@ -187,6 +187,15 @@ def launch(cfg: Any, out: str | Path, processes: int) -> dict[str, Any]:
     return json.loads((out / "metrics.json").read_text())
 
 
-def describe(w: World) -> dict[str, Any]:
-    """The run's world for its metrics record."""
-    return {"world_size": w.size}
+def describe(w: World, model: nn.Module, masks: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
+    """The run's world for its metrics record; with several processes also every rank's checksum of its final
+    weights and of its masks (``rank_weight_checksums``, ``rank_mask_checksums``: equal on a healthy run)."""
+    if not w.distributed:
+        return {"world_size": 1}
+    out: dict[str, Any] = {"world_size": w.size}
+    for key, local in (("rank_weight_checksums", weights_checksum(model)),
+                       ("rank_mask_checksums", mask_checksum(masks).sum().reshape(1))):
+        gathered = [torch.zeros_like(local.to(device)) for _ in range(w.size)]
+        dist.all_gather(gathered, local.to(device))
+        out[key] = [int(t.item()) for t in gathered]
+    return out

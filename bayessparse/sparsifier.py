@@ -66,15 +66,19 @@ class Sparsifier:
         method: a :class:`~bayessparse.method.TrainingMethod` (:func:`sparsify` builds one by name).
         total_steps: the optimizer steps of the whole training (the update schedule is a fraction of it).
         steps_per_epoch: optimizer steps per epoch (default ``total_steps``).
+        generator: the method's generator (initial topology, tie breaks, random growth), saved in
+            :meth:`state_dict` when given.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: TrainingMethod,
-                 total_steps: int, steps_per_epoch: int | None = None) -> None:
-        self.model, self.optimizer, self.method = model, optimizer, method
+                 total_steps: int, steps_per_epoch: int | None = None,
+                 generator: torch.Generator | None = None) -> None:
+        self.model, self.optimizer, self.method, self.generator = model, optimizer, method, generator
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch or total_steps
         self.t = 0  # optimizer steps taken (update steps included)
         self.epoch = 0
+        self._updating = False  # between before_step and after_step: whether this step is a mask update
         method.setup(model, optimizer, total_steps, self.steps_per_epoch)
 
     @contextlib.contextmanager
@@ -86,29 +90,43 @@ class Sparsifier:
     def step(self, scaler: torch.amp.GradScaler | None = None) -> dict[str, float] | None:
         """One optimizer step under the method, or a structure update; returns the update's statistics
         (fraction and number of positions changed) on an update step, else ``None``."""
-        stats = None
-        if self.method.wants_update(self.t):
-            stats = self._update(scaler)
-        else:
-            self.method.before_optimizer_step()
+        if scaler is not None and self.method.wants_update(self.t):
+            scaler.unscale_(self.optimizer)  # the update ranks true gradients; an overflow skips it
+            scaler.update()
+        stats = self.before_step()
+        if not self._updating:
             if scaler is None:
                 self.optimizer.step()
             else:
                 scaler.step(self.optimizer)
                 scaler.update()
-            self.method.after_optimizer_step()
-        self.t += 1
+        self.after_step()
         return stats
 
-    def _update(self, scaler: torch.amp.GradScaler | None) -> dict[str, float] | None:
-        if scaler is not None:
-            scaler.unscale_(self.optimizer)
-            finite = all(bool(torch.isfinite(p.grad).all()) for group in self.optimizer.param_groups
-                         for p in group["params"] if p.grad is not None)
-            scaler.update()
-            if not finite:
-                return None
-        return self.method.update(self.t, self.optimizer)
+    def _finite_gradients(self) -> bool:
+        return all(bool(torch.isfinite(p.grad).all()) for group in self.optimizer.param_groups
+                   for p in group["params"] if p.grad is not None)
+
+    def before_step(self) -> dict[str, float] | None:
+        """For a framework that calls ``optimizer.step()`` itself (the Lightning callback): call it after the
+        backward pass (with unscaled gradients) and before the optimizer step, and :meth:`after_step` after it.
+
+        On an update step the mask moves (unless a gradient overflowed) and every gradient is cleared, so the
+        optimizer step that follows changes nothing (torch optimizers skip a parameter without a gradient);
+        otherwise the gradients are masked. Returns the update's statistics, as :meth:`step`."""
+        self._updating = self.method.wants_update(self.t)
+        if not self._updating:
+            self.method.before_optimizer_step()
+            return None
+        stats = self.method.update(self.t, self.optimizer) if self._finite_gradients() else None
+        self.optimizer.zero_grad(set_to_none=True)
+        return stats
+
+    def after_step(self) -> None:
+        """The second half of :meth:`before_step`, right after the optimizer step."""
+        if not self._updating:
+            self.method.after_optimizer_step()
+        self.t += 1
 
     def end_of_epoch(self) -> None:
         """Mark the end of an epoch (CigL's weight average takes its snapshot here once ``T*`` is passed)."""
@@ -127,13 +145,20 @@ class Sparsifier:
         return dict(mask_set.masks) if mask_set is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The method's state (masks, schedule, random mask, average) and the step count; the model's and
-        the optimizer's states are yours to save beside it."""
-        return {"t": self.t, "epoch": self.epoch, "method": self.method.state_dict()}
+        """The method's state (masks, schedule, random mask, average), its generator and the step count; the
+        model's and the optimizer's states are yours to save beside it."""
+        state = {"t": self.t, "epoch": self.epoch, "method": self.method.state_dict()}
+        if self.generator is not None:
+            state["generator"] = self.generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`. Build the sparsifier before loading the model's weights: building it
+        prunes the model by a fresh initial mask."""
         self.t, self.epoch = int(state["t"]), int(state["epoch"])
         self.method.load_state_dict(state["method"])
+        if self.generator is not None and "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "rigl", *, sparsity: float = 0.9,
@@ -158,4 +183,4 @@ def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "
         raise ConfigError(f"method '{method}' is trained by SVI: use bayessparse train or bayessparse.ppl.SparseBNN")
     cfg: TrainConfig = resolve({"method": method, "sparsity": sparsity, "seed": seed, **options})
     generator = torch.Generator().manual_seed(cfg.seed)
-    return Sparsifier(model, optimizer, build_method(cfg, model, generator), total_steps, steps_per_epoch)
+    return Sparsifier(model, optimizer, build_method(cfg, model, generator), total_steps, steps_per_epoch, generator)

@@ -459,7 +459,8 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         final = fit(run, out / CHECKPOINT if main else None, progress and main)
         distributed.check_same_weights(run.model, run.world, run.device, "at the end of training")
         metrics, predictions = evaluate_model(run, final)
-        metrics.update(run.method.summary(), **distributed.describe(run.world))
+        metrics.update(run.method.summary(),
+                       **distributed.describe(run.world, run.model, run.sparsifier.masks, run.device))
         if not main:
             return metrics
         save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})

@@ -61,7 +61,11 @@ def test_two_processes_train_the_single_process_run(tmp_path):
     single = subprocess.run([sys.executable, "-m", "bayessparse", "train", *args, "--out", str(one)],
                             capture_output=True, text=True, env=_env(), cwd=ROOT, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    assert json.loads((two / "metrics.json").read_text())["world_size"] == 2
+    metrics = json.loads((two / "metrics.json").read_text())
+    assert metrics["world_size"] == 2
+    # every rank's final weights and masks, gathered at the end: the same on both ranks
+    assert len(set(metrics["rank_weight_checksums"])) == 1 and len(metrics["rank_weight_checksums"]) == 2
+    assert len(set(metrics["rank_mask_checksums"])) == 1 and len(metrics["rank_mask_checksums"]) == 2
     a, b = _final(two), _final(one)
     assert a["step"] == b["step"] and a["method"]["updater"] == b["method"]["updater"]
     masks_a, masks_b = a["method"]["masks"]["masks"], b["method"]["masks"]["masks"]
