@@ -98,6 +98,8 @@ def test_a_killed_rank_resumes_to_the_uninterrupted_run(tmp_path):
     done = subprocess.run(_torchrun(*args, "--out", str(whole)), capture_output=True, text=True, env=_env(),
                           cwd=ROOT, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
+    checksums = json.loads((whole / "metrics.json").read_text())["rank_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # CigL's shared Z keeps the ranks' weights equal
 
     killed = tmp_path / "killed"
     launcher = subprocess.Popen(_torchrun(*args, "--out", str(killed)), stdout=subprocess.DEVNULL,
