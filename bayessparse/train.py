@@ -237,7 +237,10 @@ def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor, total: int | None = N
         out = (run.net or run.model)(x)
         # a rank whose part of a short last batch is empty still joins the gradient all-reduce
         loss = negative_log_likelihood(run.model, out, y) if len(y) else out.sum() * 0.0
-        (loss * distributed.loss_weight(len(y), total or len(y), run.world)).backward()
+        if run.world.distributed:  # this rank's share of the global batch (no extra op in one process)
+            (loss * distributed.loss_weight(len(y), total or len(y), run.world)).backward()
+        else:
+            loss.backward()
     value = loss.item()
     if not math.isfinite(value):
         raise TrainingDiverged(f"loss became {value} at epoch {run.epoch + 1}, step {run.step}")
