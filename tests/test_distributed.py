@@ -28,8 +28,9 @@ def _port() -> int:
 
 
 def _torchrun(*args: str, ranks: int = 2) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-            f"--master_port={_port()}", "-m", "bayessparse", "train", *args]
+    # --standalone: torchrun picks a free port itself (a port chosen here could be taken before it binds)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+            "-m", "bayessparse", "train", *args]
 
 
 def _env() -> dict[str, str]:
