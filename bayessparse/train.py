@@ -47,6 +47,7 @@ from bayessparse.sparsifier import Sparsifier
 from bayessparse.sparsity.density import prunable_weights
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.reliability import plot_interval_calibration, plot_reliability
+from bayessparse.version import TRAINING_VERSION
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -359,6 +360,7 @@ def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], Any]:
         data=cfg.data,
         model=cfg.model,
         history=run.history,
+        training_version=TRAINING_VERSION,
     )
     return metrics, predictions
 

@@ -42,6 +42,7 @@ from bayessparse.batches import batches, num_batches
 from bayessparse.config import read_yaml
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
+from bayessparse.version import TRAINING_VERSION
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.rng import preserved_random_state, seed_everything
 from bayessparse.uncertainty.metrics import summary
@@ -232,6 +233,7 @@ def train_deep_gp(cfg: DeepGPConfig, out: str | Path, *, resume: bool = False, p
         write_text(out / CONFIG, cfg.yaml())
         fit(run, out / CHECKPOINT, progress)
         metrics, predictions = evaluate(run)
+        metrics["training_version"] = TRAINING_VERSION
         save_torch(out / CHECKPOINT, {**run.state_dict(), "finished": True})
         if run.data.task == "classification":
             from bayessparse.uncertainty.reliability import plot_reliability

@@ -67,6 +67,7 @@ from bayessparse.config import TrainConfig, coerce
 from bayessparse.data.noise import noisy_label_posterior
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, save_torch, write_json, write_text
+from bayessparse.version import TRAINING_VERSION
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.predict import predict_logits
 from bayessparse.sparsity.density import prunable_weights
@@ -498,7 +499,7 @@ def imp(
                 raise TrainingDiverged(f"IMP round {r}: {str(exc).split('; ')[0]}; {kept}") from None
             if r == 0:
                 rewind = captured
-            record = evaluate_round(run, model, masks, exclude, r)
+            record = {**evaluate_round(run, model, masks, exclude, r), "training_version": TRAINING_VERSION}
             records.append(record)
             # The next round's masks are pruned now, so that the sweep can be resumed (or extended) from here.
             survivors, target = _count(masks, pruned_names), survivors_after(total, settings.prune_fraction, r + 1)
