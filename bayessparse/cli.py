@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from bayessparse import smoke
 from bayessparse.config import FIELD_NAMES, read_yaml, resolve
 from bayessparse.errors import ConfigError, RankMismatch, TrainingDiverged, WriteError
 from bayessparse.methods import check_method
@@ -90,7 +91,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bayessparse.train import CHECKPOINT, CONFIG, train
 
     saved = _resumed(args.out, "run", CONFIG, CHECKPOINT) if args.resume else None
-    cfg = resolve(*_config_layers(args, saved))
+    layers = _config_layers(args, saved)
+    cfg = resolve(*layers)
+    _check_sparsity_has_a_method(cfg, layers[1:] if saved is not None and saved.exists() else layers)
     world = distributed.init_from_environment(cfg.device)  # torchrun: one process per rank
     try:
         metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
@@ -102,6 +105,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     scores = "  ".join(f"{key} {metrics[key]:.4f}" for key in (*keys, "density"))
     print(f"{cfg.method} on {cfg.data}: {scores}  ({metrics['train_seconds']:.1f} s)  -> {args.out}")
     return 0
+
+
+def _check_sparsity_has_a_method(cfg, given: Sequence[dict[str, Any]]) -> None:
+    """A sparsity asked for (by a flag, ``--set`` or the ``--config`` file) with the dense method would
+    train a dense network without a word: refuse it, naming the fix."""
+    if cfg.method == "dense" and any("sparsity" in layer for layer in given):
+        raise ConfigError(f"sparsity {cfg.sparsity:g} needs a sparse method: add --method "
+                          "(e.g. rigl, cigl; dense training ignores the sparsity)")
 
 
 def _assignments(items: Sequence[str], flag: str) -> dict[str, str]:
@@ -141,7 +152,7 @@ def _seeds(text: str) -> list[int]:
     bad = [v for v in values if not 0 <= v < 2**32]
     if bad:
         raise ConfigError(f"--seeds must lie in [0, 2^32), got {bad[0]}")
-    return values
+    return smoke.shrink_seeds(values)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -178,6 +189,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
+    args.rounds, args.steps = smoke.shrink_count(args.rounds), smoke.shrink_count(args.steps)
     if args.kernels:
         return _bench_kernels(args)
     setups = _names(args.setups)
@@ -319,8 +331,13 @@ def cmd_study(args: argparse.Namespace) -> int:
     words = ["study", "--quick" if args.quick else f"--config {spec}"]
     words += [f"--out {out}"] + ([f"--docs {args.docs}"] if args.docs is not None else [])
     result = run_study(spec, out, workers=_workers(args.jobs), docs=args.docs, progress=not args.no_progress,
-                       command="bayessparse " + " ".join(words), processes=args.processes)
-    print(f"{result['cells']} trainings scored in {result['seconds']:.0f} s -> {', '.join(result['report'])}")
+                       command="bayessparse " + " ".join(words), processes=args.processes,
+                       reuse_stale=args.reuse_stale, echo=print)
+    stale = (f" ({result['stale_retrained']} retrained: trained by another training version)"
+             if result["stale_retrained"] else
+             f" ({result['stale_kept']} trained by another training version kept: --reuse-stale)"
+             if result["stale_kept"] else "")
+    print(f"{result['cells']} trainings scored in {result['seconds']:.0f} s{stale} -> {', '.join(result['report'])}")
     return 0
 
 
@@ -347,7 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--with-deep-gp", action="store_true",
                       help="add a 2-layer deep GP and a DSPP (GPyTorch) on the same splits, and cost columns")
     comp.add_argument("--deep-gp-set", action="append", default=[], metavar="FIELD=VALUE",
-                      help="a field of the deep GP rows' config (epochs, num_inducing, lr, ...)")
+                      help="a field of the deep GP rows' config (epochs, num_inducing, lr, ...); compare sets "
+                      "method, data, data_seed, seed and ece_bins itself")
     comp.add_argument("--processes", type=int, default=1,
                       help="train each run data-parallel on this many processes (torchrun; default 1)")
     comp.add_argument("--out", type=_folder, default=Path("runs/compare"), help="output folder")
@@ -401,6 +419,9 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--processes", type=int, default=1,
                        help="train each run data-parallel on this many processes (torchrun; default 1)")
     study.add_argument("--no-progress", action="store_true", help="no progress bars")
+    study.add_argument("--reuse-stale", action="store_true",
+                       help="keep cells trained by another training version (default: train them again); "
+                            "the report says how many and which versions")
     study.set_defaults(func=cmd_study)
 
     export = sub.add_parser("export", help="the evaluated network of a finished run as a compact safetensors file")
@@ -448,6 +469,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Callable[[argparse.Namespace], int] = args.func
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
+        if args.command != "train":  # only train runs data-parallel under torchrun
+            from bayessparse.distributed import check_single_process
+
+            check_single_process(args.command)
         return handler(args)
     except (ConfigError, WriteError) as exc:
         print(f"bayessparse: error: {exc}", file=sys.stderr)

@@ -40,7 +40,7 @@ import torch
 
 from bayessparse.config import TrainConfig, resolve
 from bayessparse.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name, ensemble_probs
-from bayessparse.errors import ConfigError
+from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.methods import METHODS, check_method
@@ -73,6 +73,16 @@ REGRESSION_METRICS = ("rmse", "nll", "coverage_50", "coverage_90", "coverage_95"
 COST_METRICS = ("inference_ms_per_example", "parameters")
 #: The deep GP baselines ``--with-deep-gp`` adds (:mod:`bayessparse.baselines`), by row name.
 DEEP_GPS = {"DGP": "dgp", "DSPP": "dspp"}
+#: The fields of the deep GP rows' config that compare sets itself (the networks' data, split, seeds and bins),
+#: with where each comes from; ``--deep-gp-set`` refuses them.
+DEEP_GP_SET_BY_COMPARE = {
+    "method": "one row per method: DGP and DSPP",
+    "data": "from --data",
+    "data_seed": "from --set data_seed",
+    "n_samples": "from --n-samples",
+    "seed": "from --seeds",
+    "ece_bins": "from --set ece_bins",
+}
 
 
 def default_methods(task: str = "classification") -> list[str]:
@@ -245,24 +255,32 @@ def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
 
 def _job(job: tuple[str, dict[str, Any], str, Entry, bool, dict[str, Any], int]) -> dict[str, Any]:
     """One training of the table (a run, an ensemble, a deep GP), resumed if its folder holds one; worker-safe.
-    A run on several processes is launched with torchrun (:func:`bayessparse.distributed.launch`)."""
+    A run on several processes is launched with torchrun (:func:`bayessparse.distributed.launch`). A
+    divergence names the row and the seed before the training's own line (epoch, step, what was kept)."""
     what, cfg_dict, folder, entry, progress, deep_gp, processes = job
     cfg = resolve(cfg_dict)
-    if what == "run" and processes > 1:
-        return launch(cfg, folder, processes)
-    if what == "run":
-        return train(cfg, folder, resume=True, progress=progress)
-    if what == "deep-gp":
-        return _deep_gp_record(cfg, entry, deep_gp, Path(folder), progress)
-    return _ensemble_record(cfg, entry, cfg.seed, Path(folder), progress=progress)
+    try:
+        if what == "run" and processes > 1:
+            return launch(cfg, folder, processes)
+        if what == "run":
+            return train(cfg, folder, resume=True, progress=progress)
+        if what == "deep-gp":
+            return _deep_gp_record(cfg, entry, deep_gp, Path(folder), progress)
+        return _ensemble_record(cfg, entry, cfg.seed, Path(folder), progress=progress)
+    except TrainingDiverged as exc:
+        raise TrainingDiverged(f"{entry.name} (seed {cfg.seed}): {exc}") from None
 
 
 def _deep_gp_config(cfg: TrainConfig, entry: Entry, seed: int, overrides: dict[str, Any]) -> Any:
-    """The deep GP row's config: the networks' data, split, seed and bins; its own defaults otherwise."""
+    """The deep GP row's config: the networks' data, split, seed and bins; its own defaults otherwise. An
+    override of a field compare sets (:data:`DEEP_GP_SET_BY_COMPARE`) is refused."""
     from bayessparse.baselines import DeepGPConfig
 
-    return DeepGPConfig.from_dict({**overrides, "method": entry.method, "data": cfg.data,
-                                   "data_seed": cfg.data_seed, "seed": seed, "ece_bins": cfg.ece_bins})
+    for name, source in DEEP_GP_SET_BY_COMPARE.items():
+        if name in overrides:
+            raise ConfigError(f"--deep-gp-set {name}: the deep GP rows' {name} is set by compare ({source})")
+    return DeepGPConfig.from_dict({**overrides, "method": entry.method, "data": cfg.data, "data_seed": cfg.data_seed,
+                                   "n_samples": cfg.n_samples, "seed": seed, "ece_bins": cfg.ece_bins})
 
 
 def _deep_gp_record(cfg: TrainConfig, entry: Entry, overrides: dict[str, Any], folder: Path,
@@ -284,24 +302,27 @@ def compare(
 
     ``with_deep_gp`` adds the deep GP rows (:func:`deep_gp_entries`, same data, split and seeds) and the
     cost columns :data:`COST_METRICS` to every row; ``deep_gp`` overrides fields of their
-    :class:`~bayessparse.baselines.DeepGPConfig` (e.g. ``{"epochs": 20}``); ``processes`` > 1 trains each run
+    :class:`~bayessparse.baselines.DeepGPConfig` (e.g. ``{"epochs": 20}``; not the fields compare sets,
+    :data:`DEEP_GP_SET_BY_COMPARE`); ``processes`` > 1 trains each run
     data-parallel on that many processes (torchrun; ensembles and deep GPs stay in one)."""
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ConfigError(f"--processes must be an integer >= 1, got {processes!r}")
     entries = list(dict.fromkeys(parse_entry(m) for m in methods))
     if with_deep_gp:
         entries += deep_gp_entries()
-        _deep_gp_config(base, entries[-1], 0, deep_gp or {})  # checks the overrides before any training
-    check_entries(base, entries)
+    check_entries(base, entries, deep_gp or {})
     out = check_writable(out)
     check_kind(out, "compare")
     with exclusive(out, "compare", kind="compare"):
         return _compare(base, entries, seeds, out, progress, workers, deep_gp or {}, processes)
 
 
-def check_entries(base: TrainConfig, entries: Sequence[Entry]) -> None:
+def check_entries(base: TrainConfig, entries: Sequence[Entry], deep_gp: dict[str, Any] | None = None) -> None:
     """Every row can be trained on ``base``'s data and model (a ConfigError names the first that cannot):
-    the runs are built once, without training; a regression dataset takes no temperature scaling or ensembles."""
+    the runs are built once, without training; a regression dataset takes no temperature scaling or ensembles;
+    the deep GP rows' configs (``deep_gp``: the overrides) are made and checked against their data with
+    :func:`bayessparse.baselines.check_deep_gp_data`, as their training checks them."""
+    gps = [_deep_gp_config(base, entry, base.seed, deep_gp or {}) for entry in entries if entry.job == "deep-gp"]
     data = load_data(base)  # validates the data fields
     if data.task == "regression":
         for entry in entries:
@@ -312,6 +333,11 @@ def check_entries(base: TrainConfig, entries: Sequence[Entry]) -> None:
         for entry in entries:
             if entry.job == "run":
                 build_run(base.replace(method=entry.method), data)
+        if gps:
+            from bayessparse.baselines import check_deep_gp_data
+
+            for gp in gps:
+                check_deep_gp_data(gp)
 
 
 def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path, progress: bool,

@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from bayessparse import smoke
 from bayessparse.errors import ConfigError
 
 
@@ -34,7 +35,7 @@ class TrainConfig:
     n_samples: int | None = None  # mnist1d / synthetic: total examples generated
     label_noise: float = 0.0  # fraction of training labels replaced by a uniform class
     # model and method
-    model: str = "cnn1d"
+    model: str = "cnn1d"  # resolve(): the dataset's natural model (DEFAULT_MODELS) when none is given
     width: float = 1.0  # channel / hidden-unit multiplier of the architecture (1: the standard model)
     method: str = "dense"
     sparsity: float = 0.9  # target fraction of zero prunable weights (ignored by dense)
@@ -94,8 +95,27 @@ PYRO_METHODS = ("vcigl",)
 FIELD_NAMES = tuple(f.name for f in fields(TrainConfig))
 #: Every field's default, e.g. for a saved config written before the field existed.
 DEFAULTS = TrainConfig().to_dict()
+#: The model a dataset trains when none is named: its natural architecture (signals: the 1-D CNN, images:
+#: the 2-D CNN at 8x8 and the ResNet-18 at 32x32, tabular data: the MLP). Kept here, beside the config it
+#: completes, so that resolving a config never imports the data loaders.
+DEFAULT_MODELS = {
+    "mnist1d": "cnn1d",
+    "digits": "cnn2d",
+    "breast_cancer": "mlp",
+    "wine": "mlp",
+    "diabetes": "mlp",
+    "synthetic": "mlp",
+    "cifar10": "resnet18",
+    "cifar100": "resnet18",
+}
 #: How sparse linear layers are computed (:mod:`bayessparse.kernels`).
 KERNELS = ("dense", "sparse", "auto")
+
+
+def default_model(data: str) -> str:
+    """The model dataset ``data`` trains when the config names none (:data:`DEFAULT_MODELS`; an unknown
+    dataset keeps the field's default and is refused where datasets are checked)."""
+    return DEFAULT_MODELS.get(data, TrainConfig.model)
 
 
 def coerce(name: str, value: Any, hint: Any, what: str = "config field") -> Any:
@@ -176,7 +196,9 @@ def resolve(*layers: Mapping[str, Any] | None) -> TrainConfig:
     """Merge layers of settings over the defaults (later layers win) and validate the result.
 
     Every layer is a mapping of field names to values, or ``None`` (nothing to merge); anything else is
-    a ConfigError, as are an unknown field and a value of the wrong type.
+    a ConfigError, as are an unknown field and a value of the wrong type. A config that names no
+    ``model`` gets its dataset's (:func:`default_model`); under ``BAYESSPARSE_SMOKE=1`` the run is
+    shrunk to toy size (:mod:`bayessparse.smoke`).
     """
     merged: dict[str, Any] = {}
     for i, layer in enumerate(layers, 1):
@@ -190,7 +212,9 @@ def resolve(*layers: Mapping[str, Any] | None) -> TrainConfig:
             merged[name] = coerce(name, value, _HINTS[name])
     if "engine" not in merged and merged.get("method") in PYRO_METHODS:
         merged["engine"] = "pyro"
-    cfg = TrainConfig(**merged)
+    if "model" not in merged:
+        merged["model"] = default_model(merged.get("data", TrainConfig.data))
+    cfg = TrainConfig(**smoke.shrink_config(merged))
     _check(cfg)
     return cfg
 
@@ -219,4 +243,4 @@ def dump_yaml(cfg: TrainConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
 
 
-__all__ = ["TrainConfig", "FIELD_NAMES", "PYRO_METHODS", "coerce", "resolve", "read_yaml", "dump_yaml"]
+__all__ = ["TrainConfig", "DEFAULT_MODELS", "FIELD_NAMES", "default_model", "PYRO_METHODS", "coerce", "resolve", "read_yaml", "dump_yaml"]

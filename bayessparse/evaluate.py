@@ -39,6 +39,7 @@ folder, ``n_bins < 1``) raises :class:`~bayessparse.errors.ConfigError` before a
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -256,12 +257,14 @@ def evaluate_run(
             (layout: :func:`bayessparse.ppl.predictive.to_inference_data`; the log-likelihood is on
             training examples, the test set in ``predictions``), report PSIS-LOO on the training
             examples with its Pareto-k counts (``loo``), and plot the posterior-predictive check
-            next to it (``.png``).
+            next to it (``.png``). Neither file may be one of the run folder's own files
+            (``checkpoint.pt``, ``reliability.png``, ...: :func:`bayessparse.folders.own_file`), and
+            a folder of bayessparse output that they go into is held like the run folder.
         seed: seeds the OOD set, the generated corruptions, the Monte Carlo draws and LOO's subsample.
         loo_max: PSIS-LOO runs on at most this many training examples (a seeded random subsample
             beyond), as its cost is ``S`` passes over them.
     """
-    from bayessparse.folders import check_kind, check_writable, exclusive
+    from bayessparse.folders import check_kind, check_not_own_file, check_writable, exclusive, own_file, writing_into
     from bayessparse.train import CONFIG
 
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -282,12 +285,20 @@ def evaluate_run(
     check_kind(run_dir, "run")
     if not (run_dir / CONFIG).is_file():
         raise ConfigError(f"{run_dir} is not a run folder (no {CONFIG})")
+    if arviz is not None:  # the draws and their plot: never one of the run's own files
+        check_not_own_file(arviz, "--arviz", run_dir)
+        plot = Path(arviz).with_suffix(".png")
+        if (found := own_file(plot, run_dir)) is not None:
+            raise ConfigError(f"--arviz {arviz}: its plot {plot.name} would overwrite {found.name} of "
+                              f"{found.parent}; name another file")
     data = read_yaml(run_dir / CONFIG).get("data", DEFAULTS["data"])
     if task_of(str(data)) == "regression":
         raise ConfigError(f"evaluate scores classifiers; {data!r} is a regression dataset "
                           f"(the run's RMSE, NLL and interval coverage are in {run_dir / 'metrics.json'})")
     check_writable(run_dir, "run folder")
-    with exclusive(run_dir, "evaluate", kind="run"):  # eval.json and the plots have one writer
+    # eval.json and the plots have one writer, and so has the folder of --arviz where it holds bayessparse output
+    with exclusive(run_dir, "evaluate", kind="run"), \
+            (writing_into(arviz, "evaluate", held=run_dir) if arviz is not None else contextlib.nullcontext()):
         return _evaluate_run(run_dir, ood, corruptions, temperature, n_bins, corruptions_root, sample_probs,
                              samples, arviz, seed, loo_max, progress)
 
@@ -298,6 +309,9 @@ def _check_arviz_path(path: Path) -> None:
         raise ConfigError(f"--arviz {path} is a folder; name a file, e.g. {path / 'posterior.nc'}")
     if not path.parent.is_dir():
         raise ConfigError(f"--arviz: folder {path.parent} does not exist")
+    if path.suffix == ".png":
+        raise ConfigError(f"--arviz {path}: the posterior-predictive plot is written next to it as "
+                          f"{path.with_suffix('.png').name}; name a .nc file")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise ConfigError(f"cannot write to {path}: {path.parent} is not writable")
 

@@ -55,7 +55,14 @@ Everything read back is checked before it is used -- the format and its version,
 entry, every tensor's presence, dtype and shape against the rebuilt network, index range and order,
 finite numbers, no unknown tensor -- and anything wrong is one :class:`~bayessparse.errors.ConfigError`
 line naming the file. The architecture is first built on PyTorch's ``meta`` device, so a file that
-names an absurd shape is refused without allocating it.
+names an absurd shape is refused without allocating it, and the metadata is not trusted for sizes:
+before anything is allocated, the network it describes must have at most ``max_parameters`` entries
+(parameters and buffers; default :data:`MAX_PARAMETERS`, 10^8) and at most ``max_expansion`` times
+the entries the file stores (default :data:`MAX_EXPANSION`, 10^4: a sparse weight legitimately
+describes 1/density times its stored values, and no trained network is that sparse; networks of at
+most :data:`SMALL` entries are exempt), and a weight stored sparse must be addressable by int32
+positions. The network is then assembled from the checked tensors themselves (no second copy, no
+random initialisation).
 """
 
 from __future__ import annotations
@@ -85,6 +92,15 @@ FORMAT_VERSION = "1"
 #: What :func:`load_export` returns: dense weights, or :func:`sparse_inference` applied to them.
 FORMS = ("dense", "sparse")
 STRUCTURES = ("network", "snapshot-ensemble")
+#: :func:`load_export` refuses a network of more entries (parameters and buffers) than this by default.
+MAX_PARAMETERS = 10**8
+#: ... or of more than this many times the entries its file stores (values of sparse weights, dense tensors).
+MAX_EXPANSION = 10**4
+#: Networks of at most this many entries are exempt from the ``max_expansion`` rule (e.g. one whose
+#: weights were all pruned to zero, stored as no values at all).
+SMALL = 10**6
+#: Positions are int32: a weight stored as values and indices has fewer entries than this.
+MAX_SPARSE_NUMEL = 2**31
 METADATA_KEYS = ("format", "format_version", "model", "num_classes", "input_shape", "width", "structure",
                  "members", "method", "data", "sparse")
 
@@ -173,14 +189,26 @@ def export_run(run_dir: str | Path, out_path: str | Path) -> dict[str, Any]:
 
     Returns ``{"path", "bytes", "nnz", "sparse_tensors", "dense_bytes", "state_bytes"}``:
     ``state_bytes`` is what the dense checkpoint spends on the same model state. A ``run_dir`` that
-    is not a finished run folder, or an ``out_path`` that is a folder or lies in a missing one, is a
-    ConfigError before anything is written.
+    is not a finished run folder, or an ``out_path`` that is a folder, lies in a missing one or is
+    one of the run folder's own files (``checkpoint.pt``, ``config.yaml``, ...: see
+    :func:`bayessparse.folders.own_file`), is a ConfigError before anything is written. Writing into
+    an output folder (the run folder itself, e.g. ``RUN/model.safetensors``) holds that folder's
+    lock, so a second writer (``train --resume``, ``evaluate``) is refused meanwhile.
     """
-    from bayessparse.train import load_finished
+    from bayessparse.folders import check_not_own_file, writing_into
 
     out, run_dir = _check_out(Path(out_path)), Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir} is not a run folder")
+    check_not_own_file(out, "--out", run_dir)
+    with writing_into(out, "export"):
+        return _export(run_dir, out)
+
+
+def _export(run_dir: Path, out: Path) -> dict[str, Any]:
+    """:func:`export_run` once its paths are checked (and the folder it writes into is held)."""
+    from bayessparse.train import load_finished
+
     run, model = load_finished(run_dir)
     cfg, structure = run.cfg, _structure(model)
     metadata = {
@@ -283,7 +311,24 @@ def _sparse(metadata: dict[str, str], expected: dict[str, torch.Tensor], prunabl
         if not isinstance(shape, list) or tuple(shape) != tuple(expected[name].shape):
             raise ConfigError(f"{where}: metadata sparse gives {name} the shape {shape!r}, "
                               f"the network has {list(expected[name].shape)}")
+        if expected[name].numel() >= MAX_SPARSE_NUMEL:
+            raise ConfigError(f"{where}: weight {name} of shape {shape} has {expected[name].numel()} entries, "
+                              f"more than int32 indices address")
     return {name: tuple(shape) for name, shape in shapes.items()}
+
+
+def _check_size(expected: dict[str, torch.Tensor], sparse: dict[str, tuple[int, ...]],
+                tensors: dict[str, torch.Tensor], where: Path, max_parameters: int, max_expansion: float) -> None:
+    """Refuse a network larger than ``max_parameters`` entries, or than ``max_expansion`` times what the file stores."""
+    declared = sum(like.numel() for like in expected.values())
+    if declared > max_parameters:
+        raise ConfigError(f"{where}: the metadata describes a network of {declared} entries, more than "
+                          f"max_parameters={max_parameters}")
+    stored = sum(int(tensors[f"{key}.values" if key in sparse else key].numel()) for key in expected
+                 if (f"{key}.values" if key in sparse else key) in tensors)
+    if declared > SMALL and declared > max_expansion * stored:
+        raise ConfigError(f"{where}: the metadata describes a network of {declared} entries, but the file stores "
+                          f"only {stored} (more than max_expansion={max_expansion:g} times as many)")
 
 
 def _take(tensors: dict[str, torch.Tensor], key: str, where: Path) -> torch.Tensor:
@@ -339,27 +384,37 @@ def _state(tensors: dict[str, torch.Tensor], sparse: dict[str, tuple[int, ...]],
 
 
 def load_export(path: str | Path, form: str = "dense", *, min_sparsity: float = MIN_SPARSITY,
-                min_features: int = MIN_FEATURES, min_weights: int = MIN_WEIGHTS) -> nn.Module:
+                min_features: int = MIN_FEATURES, min_weights: int = MIN_WEIGHTS,
+                max_parameters: int = MAX_PARAMETERS, max_expansion: float = MAX_EXPANSION) -> nn.Module:
     """The network of an export file, in eval mode.
 
     ``form="dense"``: the network that :func:`models.build` makes, with the file's weights (zeros
     filled in); ``form="sparse"``: that network passed through
     :func:`~bayessparse.kernels.inference.sparse_inference` with the given rule (its defaults convert
     only layers where CSR measurably pays). Anything wrong with the file is a one-line ConfigError.
+
+    The file's metadata is not trusted for sizes: a network of more than ``max_parameters`` entries
+    (parameters and buffers, all members of an ensemble; default 10^8, i.e. 400 MB of float32) or,
+    above 10^6 entries, of more than ``max_expansion`` times the entries the file stores (default
+    10^4, a density below 0.01 %) is refused before anything is allocated. Raise them to load a
+    larger or sparser network on purpose.
     """
     if form not in FORMS:
         raise ConfigError(f"form must be one of {', '.join(FORMS)}, got {form!r}")
+    for name, value in (("max_parameters", max_parameters), ("max_expansion", max_expansion)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ConfigError(f"{name} must be a number > 0, got {value!r}")
     path = Path(path)
     metadata, tensors = _read(path)
     spec = _spec(metadata, path)
     if spec["members"] > len(tensors):  # every member has tensors: refuse before building them
         raise ConfigError(f"{path}: metadata members is {spec['members']}, but the file holds {len(tensors)} tensors")
-    skeleton = _skeleton(spec, path)
-    expected = skeleton.state_dict()
-    state = _state(tensors, _sparse(metadata, expected, set(prunable_weights(skeleton)), path), expected, path)
-    with torch.random.fork_rng(devices=[]):  # the initial weights are overwritten: leave the caller's RNG alone
-        model = _build(spec, path)
-    model.load_state_dict(state)
+    model = _skeleton(spec, path)  # on the meta device: no memory, no random initialisation
+    expected = model.state_dict()
+    sparse = _sparse(metadata, expected, set(prunable_weights(model)), path)
+    _check_size(expected, sparse, tensors, path, max_parameters, max_expansion)
+    state = _state(tensors, sparse, expected, path)
+    model.load_state_dict(state, assign=True)  # the checked tensors become the network's (no copy)
     model.eval()
     if form == "dense":
         return model

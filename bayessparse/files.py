@@ -19,6 +19,7 @@ import os
 import pickle
 import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -115,13 +116,17 @@ def load_torch(path: str | Path) -> Any:
 
     Checkpoints hold only tensors, numbers, strings and containers of them, and are loaded with
     ``torch.load(..., weights_only=True)``: a file that needs anything else (a pickled object, which
-    could run its author's code while loading) is refused, never unpickled.
+    could run its author's code while loading) is refused, never unpickled. Loading is silent: the
+    warnings torch's safe unpickler prints about a file it then refuses (e.g. "Detected pickle
+    protocol 4" for a plain ``pickle.dump``) are suppressed, so that the refusal is the only output.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "GLOBAL" not in str(exc):  # no object to refuse: a corrupt or foreign file
             raise ConfigError(f"cannot read checkpoint {path}: {type(exc).__name__}") from None

@@ -13,6 +13,11 @@ Every command that writes a folder (``train``, ``ensemble``, ``imp``, ``study``,
    killed writer left behind (:data:`bayessparse.files.TEMPORARY`) removed.
 
 Folders written before kind markers existed are recognised by their files (:func:`folder_kind`).
+
+A command that reads one folder and writes a file named by a flag (``export --out``, ``evaluate
+--arviz``) refuses a file that is one of an output folder's own (:func:`check_not_own_file`: its
+lock, its marker, a run's :data:`RUN_FILES`), and holds the lock of the folder it writes into
+while it writes there (:func:`writing_into`).
 """
 
 from __future__ import annotations
@@ -39,6 +44,10 @@ KINDS = {
     "compare": "a comparison",
     "deep-gp": "a deep GP baseline run",
 }
+#: The files of a run folder: ``train`` writes the first four, ``evaluate`` the rest (the names of
+#: ``bayessparse.train`` and ``bayessparse.evaluate``). No output flag may name one of them.
+RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json", "reliability.png",
+             "eval.json", "reliability_temperature.png", "ood_scores.png", "corruptions.png")
 #: Files that identify a folder written before markers existed, most specific first.
 _SIGNATURES = (
     ("ensemble", ("ensemble.yaml",)),
@@ -137,3 +146,62 @@ def mark(folder: str | Path, kind: str) -> None:
     check_kind(folder, kind)
     folder.mkdir(parents=True, exist_ok=True)
     write_text(folder / MARKER, kind + "\n")
+
+
+def _same_folder(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def own_file(path: str | Path, folder: str | Path | None = None) -> Path | None:
+    """The output-folder file that writing ``path`` would replace, or ``None``.
+
+    A folder's own files are its :data:`LOCK` and :data:`MARKER` (any folder), the files that
+    identify its kind (:func:`folder_kind`) and, where the folder is ``folder`` (the run a command
+    reads) or holds a run, the :data:`RUN_FILES`. Both the path as written (its folder resolved:
+    ``..``, relative parts, symlinked folders) and the path with every symlink resolved are
+    compared, and a name that differs only in case counts where the file system says it is the
+    same file.
+    """
+    path = Path(path)
+    signatures = dict(_SIGNATURES)
+    for target in (path.parent.resolve() / path.name, path.resolve()):
+        parent = target.parent
+        kind = folder_kind(parent)
+        names = {LOCK, MARKER, *signatures.get(kind, ())}
+        if kind == "run" or (folder is not None and _same_folder(parent, Path(folder))):
+            names.update(RUN_FILES)
+        for name in names:
+            if target.name == name:
+                return parent / name
+            if target.name.casefold() == name.casefold() and target.exists() and (parent / name).exists():
+                try:
+                    if os.path.samefile(target, parent / name):
+                        return parent / name
+                except OSError:
+                    pass
+    return None
+
+
+def check_not_own_file(path: str | Path, flag: str, folder: str | Path | None = None) -> None:
+    """Refuse an output file ``path`` (given by ``flag``) that is an output folder's own file (:func:`own_file`)."""
+    found = own_file(path, folder)
+    if found is not None:
+        raise ConfigError(f"{flag} {path} would overwrite {found.name} of {found.parent}; name another file")
+
+
+@contextlib.contextmanager
+def writing_into(path: str | Path, what: str, held: str | Path | None = None) -> Iterator[None]:
+    """Around writing the file ``path``: hold the lock of its folder (:func:`exclusive`, no kind)
+    if that folder is a bayessparse output folder; nothing for a plain folder, nor for ``held``
+    (a folder whose lock the caller already holds)."""
+    folder = Path(path).parent
+    if folder_kind(folder) is None or (held is not None and _same_folder(folder, Path(held))):
+        yield
+        return
+    with exclusive(folder, what):
+        yield

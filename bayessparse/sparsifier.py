@@ -34,11 +34,19 @@ as ``scaler.step`` skips an optimizer step.
 
 Methods: every ``--method`` of the registry that trains with a torch optimizer (``vcigl`` learns its
 keep probabilities by SVI: use ``bayessparse train`` or :class:`bayessparse.ppl.SparseBNN`).
+
+**What a sparse method needs.** A sparse method (every method but ``dense``) refuses, when it is built, a
+model without prunable weights, a prunable weight that is frozen (``requires_grad=False``: its mask moves
+by its gradient) and an optimizer that does not hold every prunable weight (the model would not train
+while the mask moves). :meth:`Sparsifier.load_state_dict` refuses a state with a missing, unknown or
+mistyped entry, or one saved by another method. These checks run at construction and load time only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import numbers
+from collections.abc import Mapping
 from typing import Any, Callable, Iterator
 
 import torch
@@ -48,12 +56,50 @@ from bayessparse.config import PYRO_METHODS, TrainConfig, resolve
 from bayessparse.errors import ConfigError
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method
+from bayessparse.sparsity.density import prunable_weights
 
 __all__ = ["Sparsifier", "sparsify"]
 
 #: The keyword options of :func:`sparsify`: config fields of the method (``bayessparse.config.TrainConfig``).
 OPTIONS = ("layer_density", "dense_first", "update_interval", "update_alpha", "update_end", "explore_c",
            "drop_rate", "averaging_start")
+
+#: The entries of :meth:`Sparsifier.state_dict`: the required ones, then the optional ones (``method_name``
+#: is absent from states saved before it was stored, ``generator`` when the sparsifier had none).
+STATE_REQUIRED = ("t", "epoch", "method")
+STATE_OPTIONAL = ("method_name", "generator")
+
+
+def _names(names: list[str], shown: int = 3) -> str:
+    """``'a', 'b', 'c' and 2 more``: the first few of ``names`` and how many were left out."""
+    head = ", ".join(repr(n) for n in names[:shown])
+    return head + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_sparse_setup(model: nn.Module, optimizer: Any, method_name: str) -> None:
+    """Refuse, in one line, a model and optimizer a sparse method cannot train: no prunable weights, frozen
+    prunable weights, or a torch optimizer that does not hold every prunable weight."""
+    weights = prunable_weights(model)
+    if not weights:
+        raise ConfigError(f"the model ({type(model).__name__}) has no prunable weights (conv / linear weights: "
+                          f"nn.Linear, nn.Conv1d/2d/3d), so method '{method_name}' has nothing to make sparse")
+    frozen = [name for name, w in weights.items() if not w.requires_grad]
+    if frozen:
+        raise ConfigError(f"frozen prunable weights (requires_grad=False), {len(frozen)} of the model's "
+                          f"{len(weights)}: {_names(frozen)}; method '{method_name}' moves the masks by the "
+                          "gradients: unfreeze them, or leave the frozen layers out of the sparsified model")
+    if isinstance(optimizer, torch.optim.Optimizer):
+        held = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        missing = [name for name, w in weights.items() if id(w) not in held]
+        if missing:
+            raise ConfigError(f"the optimizer does not hold {len(missing)} of the model's {len(weights)} prunable "
+                              f"weights: {_names(missing)}; build it over this model's parameters "
+                              "(e.g. model.parameters())")
 
 
 class Sparsifier:
@@ -68,11 +114,18 @@ class Sparsifier:
         steps_per_epoch: optimizer steps per epoch (default ``total_steps``).
         generator: the method's generator (initial topology, tie breaks, random growth), saved in
             :meth:`state_dict` when given.
+
+    Raises:
+        ConfigError: for a sparse method (one with masks, every method but ``dense``): the model has no
+            prunable weights, a prunable weight is frozen, or the optimizer (a torch optimizer) does not hold
+            every prunable weight.
     """
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, method: TrainingMethod,
                  total_steps: int, steps_per_epoch: int | None = None,
                  generator: torch.Generator | None = None) -> None:
+        if hasattr(method, "masks"):  # a sparse method; checked before setup prunes the model
+            check_sparse_setup(model, optimizer, method.name)
         self.model, self.optimizer, self.method, self.generator = model, optimizer, method, generator
         self.total_steps = total_steps
         self.steps_per_epoch = steps_per_epoch or total_steps
@@ -145,20 +198,88 @@ class Sparsifier:
         return dict(mask_set.masks) if mask_set is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
-        """The method's state (masks, schedule, random mask, average), its generator and the step count; the
-        model's and the optimizer's states are yours to save beside it."""
-        state = {"t": self.t, "epoch": self.epoch, "method": self.method.state_dict()}
+        """The method's name and state (masks, schedule, random mask, average), its generator and the step
+        count; the model's and the optimizer's states are yours to save beside it."""
+        state = {"t": self.t, "epoch": self.epoch, "method": self.method.state_dict(), "method_name": self.method.name}
         if self.generator is not None:
             state["generator"] = self.generator.get_state()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`. Build the sparsifier before loading the model's weights: building it
-        prunes the model by a fresh initial mask."""
+        prunes the model by a fresh initial mask.
+
+        A missing, unknown or mistyped entry, or the state of another method, is a
+        :class:`~bayessparse.errors.ConfigError` naming it; the entries are checked before anything is loaded.
+        (A state saved before ``method_name`` was stored is recognised by its method's entries.)"""
+        name = self.method.name
+        _check_entries(state, name)
+        method_state = state["method"]
+        _check_method_state(method_state, self.method)
+        generator_state = state.get("generator")
+        if "generator" in state:
+            _check_generator_state(generator_state, self.generator)
+        try:
+            self.method.load_state_dict(method_state)
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as exc:
+            raise ConfigError(f"Sparsifier state entry 'method' does not load into method '{name}': "
+                              f"{_first_line(exc)}") from exc
         self.t, self.epoch = int(state["t"]), int(state["epoch"])
-        self.method.load_state_dict(state["method"])
-        if self.generator is not None and "generator" in state:
-            self.generator.set_state(state["generator"])
+        if self.generator is not None and generator_state is not None:
+            self.generator.set_state(generator_state)
+
+
+def _check_entries(state: Any, name: str) -> None:
+    """The entries of a Sparsifier state: present, known, of the right type, saved by method ``name``."""
+    if not isinstance(state, Mapping):
+        raise ConfigError(f"a Sparsifier state is the dict of Sparsifier.state_dict(), got {type(state).__name__}")
+    for key in STATE_REQUIRED:
+        if key not in state:
+            raise ConfigError(f"the Sparsifier state lacks entry {key!r} (entries: {', '.join(STATE_REQUIRED)}, "
+                              f"optionally {', '.join(STATE_OPTIONAL)})")
+    unknown = sorted((k for k in state if k not in STATE_REQUIRED + STATE_OPTIONAL), key=str)
+    if unknown:
+        raise ConfigError(f"the Sparsifier state has an unknown entry {unknown[0]!r} "
+                          f"(entries: {', '.join(STATE_REQUIRED + STATE_OPTIONAL)})")
+    saved_name = state.get("method_name", name)
+    if not isinstance(saved_name, str):
+        raise ConfigError(f"Sparsifier state entry 'method_name' must be a method name, got {saved_name!r}")
+    if saved_name != name:
+        raise ConfigError(f"the Sparsifier state was saved by method '{saved_name}', this sparsifier runs "
+                          f"method '{name}': build it with method '{saved_name}' to load this state")
+    for key in ("t", "epoch"):
+        value = state[key]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+            raise ConfigError(f"Sparsifier state entry {key!r} must be an integer >= 0, got {value!r}")
+
+
+def _check_method_state(method_state: Any, method: TrainingMethod) -> None:
+    """The ``method`` entry holds what ``method`` saves (an older state without ``method_name`` is recognised
+    by these entries)."""
+    if not isinstance(method_state, Mapping):
+        raise ConfigError(f"Sparsifier state entry 'method' must be a dict (the method's state), "
+                          f"got {type(method_state).__name__}")
+    own = set(method.state_dict())
+    lacking = sorted(own - set(method_state), key=str)
+    extra = sorted(set(method_state) - own, key=str)
+    if lacking or extra:
+        found = (f"lacks {', '.join(map(repr, lacking))}, which method '{method.name}' saves" if lacking else
+                 f"has {', '.join(map(repr, extra))}, which method '{method.name}' does not save")
+        raise ConfigError(f"Sparsifier state entry 'method' {found}: a state of another method?")
+
+
+def _check_generator_state(generator_state: Any, generator: torch.Generator | None) -> None:
+    """The ``generator`` entry is a state ``generator`` accepts (tried on a scratch generator: nothing is loaded
+    from a state that fails)."""
+    if not (torch.is_tensor(generator_state) and generator_state.dtype == torch.uint8):
+        raise ConfigError("Sparsifier state entry 'generator' must be a generator state (a uint8 tensor), "
+                          f"got {type(generator_state).__name__}")
+    if generator is not None:
+        try:
+            torch.Generator(device=generator.device).set_state(generator_state)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ConfigError(f"Sparsifier state entry 'generator' is not a state of this generator: "
+                              f"{_first_line(exc)}") from exc
 
 
 def sparsify(model: nn.Module, optimizer: torch.optim.Optimizer, method: str = "rigl", *, sparsity: float = 0.9,

@@ -202,9 +202,11 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     if engine is not None:
         engine.bind(method)
     world = distributed.world()
-    if world.distributed and (engine is not None or cfg.engine != "plain"):
-        raise ConfigError(f"a run on {world.size} processes takes the plain engine with kernels 'dense', "
-                          f"not engine {cfg.engine!r} / kernels {cfg.kernels!r}")
+    if world.distributed and (cfg.engine != "plain" or cfg.kernels != "dense"):
+        wrong = {"the plain engine": f"engine {cfg.engine!r}"} if cfg.engine != "plain" else {}
+        wrong.update({"kernels 'dense'": f"kernels {cfg.kernels!r}"} if cfg.kernels != "dense" else {})
+        raise ConfigError(f"a run on {world.size} processes takes {' and '.join(wrong)}, "
+                          f"not {' and '.join(wrong.values())}")
     return Run(cfg, data, model, optimizer, scheduler, method, generator, device, sparsifier, engine=engine,
                world=world, net=distributed.wrap(model, device))
 
@@ -279,21 +281,27 @@ def train_epoch(run: Run, progress: bool) -> float:
 
 def validation_scores(run: Run, model: nn.Module) -> dict[str, float]:
     """Validation metrics of ``model`` (classification: :func:`summary`; regression: RMSE, NLL, coverage);
-    non-finite outputs (finite weights too large for the forward pass) are a divergence."""
+    non-finite outputs (finite weights too large for the forward pass) are a divergence, and so is a
+    regression head's noise scale whose square is not a finite positive number."""
     if is_regression(run):
         from bayessparse.regressors import network_predictions
 
         predictions = network_predictions(model, run.data.val, run.cfg.eval_batch_size, run.device)
-        _check_outputs(run, predictions.means)
+        _check_outputs(run, predictions.means, "outputs")
+        _check_outputs(run, predictions.variances, "noise scale", positive=True)
         return predictions.scores()
     probs, labels = predict_probs(model, run.data.val, run.cfg.eval_batch_size, run.device)
     _check_outputs(run, probs)
     return summary(probs, labels, n_bins=run.cfg.ece_bins)
 
 
-def _check_outputs(run: Run, outputs: torch.Tensor) -> None:
-    if not bool(torch.isfinite(outputs).all()):
-        raise TrainingDiverged(f"the network's outputs became non-finite at epoch {run.epoch}, step {run.step}")
+def _check_outputs(run: Run, outputs: torch.Tensor, what: str = "outputs", positive: bool = False) -> None:
+    """A divergence when ``outputs`` hold a NaN or infinity (with ``positive``, also a zero: a regression
+    head's predictive variance ``s²`` that overflowed or underflowed although ``log s`` is finite)."""
+    bad = not bool(torch.isfinite(outputs).all()) or (positive and not bool((outputs > 0).all()))
+    if bad:
+        kind = "non-finite or zero" if positive else "non-finite"
+        raise TrainingDiverged(f"the network's {what} became {kind} at epoch {run.epoch}, step {run.step}")
 
 
 def recalibrate_batchnorm(run: Run, model: nn.Module) -> None:
@@ -462,6 +470,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         if main:
             write_text(out / CONFIG, dump_yaml(cfg))
         final = fit(run, out / CHECKPOINT if main else None, progress and main)
+        distributed.broadcast_buffers(run.model, run.world)  # rank 0's BatchNorm statistics are the model's
         distributed.check_same_weights(run.model, run.world, run.device, "at the end of training")
         metrics, predictions = evaluate_model(run, final)
         metrics.update(run.method.summary(),

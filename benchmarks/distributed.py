@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,30 +30,24 @@ TRAIN = ["--data", "mnist1d", "--model", "mlp", "--method", "rigl", "--sparsity"
          "--no-progress"]
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _train_seconds(ranks: int, out: Path, width: float, batch_size: int) -> float:
+    # --standalone: torchrun binds a free port itself (one chosen here could be taken before it binds)
     launch = [sys.executable, "-m", "bayessparse"] if ranks == 1 else [
-        sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={ranks}", "--master_addr=127.0.0.1",
-        f"--master_port={_port()}", "-m", "bayessparse"]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}",
+        "-m", "bayessparse"]
     subprocess.run([*launch, "train", *TRAIN, "--set", f"width={width}", "--batch-size", str(batch_size),
                     "--out", str(out)], check=True, capture_output=True,
                    env={**os.environ, "OMP_NUM_THREADS": "1"})
     return json.loads((out / "metrics.json").read_text())["train_seconds"]
 
 
-def _communication(rank: int, port: int, calls: int, width: float, results) -> None:
+def _communication(rank: int, store: str, calls: int, width: float, results) -> None:
     import models
-    from bayessparse.distributed import World, check_same_masks
+    from bayessparse.distributed import World, check_same_masks, close
     from bayessparse.sparsity.density import layer_densities, prunable_weights
     from bayessparse.sparsity.masks import MaskSet
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)  # no port to race for
     torch.set_num_threads(1)
     model = models.build("mlp", 10, (40,), width=width)
     shapes = {n: w.shape for n, w in prunable_weights(model).items()}
@@ -73,7 +66,7 @@ def _communication(rank: int, port: int, calls: int, width: float, results) -> N
         results.update({name: statistics.median(t) for name, t in times.items()},
                        gradient_bytes=flat.numel() * 4, checksum_bytes=2 * 2 * len(masks.masks) * 8,
                        parameters=flat.numel())
-    dist.destroy_process_group()
+    close()
 
 
 def main() -> None:
@@ -91,7 +84,9 @@ def main() -> None:
                        for ranks in order}
             ratios.append(seconds[2] / seconds[1])
     results = mp.Manager().dict()
-    mp.spawn(_communication, args=(_port(), args.calls, args.width, results), nprocs=2, join=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_communication, args=(str(Path(tmp) / "store"), args.calls, args.width, results), nprocs=2,
+                 join=True)
     print(f"MLP width {args.width}, global batch {args.batch_size}\n")
     print("| measure | value |")
     print("|---|---|")

@@ -5,6 +5,9 @@ import math
 import subprocess
 import sys
 
+import pytest
+
+from bayessparse.errors import ConfigError
 from bayessparse.folders import folder_kind
 
 ARGS = ["compare", "--data", "digits", "--model", "mlp", "--methods", "rigl,cigl", "--epochs", "2", "--seeds", "1",
@@ -85,3 +88,64 @@ def test_regression_data_refuses_temperature_scaling_and_ensembles_before_traini
         assert proc.returncode == 2 and proc.stderr.count("\n") == 1, (entry, proc.stderr)
         assert "regression" in proc.stderr or "classes" in proc.stderr
         assert not (tmp_path / "cmp").exists()
+
+
+TINY_REGRESSION = ["compare", "--data", "diabetes", "--methods", "rigl", "--epochs", "1", "--seeds", "1", "--jobs", "1",
+                   "--no-progress", "--with-deep-gp", "--deep-gp-set", "epochs=1", "--deep-gp-set", "num_inducing=8"]
+
+
+def test_a_diverging_deep_gp_row_is_one_line_naming_the_row_epoch_and_step(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", *TINY_REGRESSION, "--deep-gp-set", "lr=1e30",
+                           "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("bayessparse: training diverged: DGP (seed 0): ")
+    assert proc.stderr.endswith(" at epoch 1, step 1; nothing was saved\n")
+    assert (tmp_path / "cmp" / "rigl" / "seed-0" / "metrics.json").is_file()  # the network row finished first
+
+
+def test_a_diverging_network_row_names_its_row_too(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", *TINY_REGRESSION[:12], "--set", "lr=1e30",
+                           "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert proc.stderr == "bayessparse: training diverged: rigl (seed 0): loss became nan at epoch 1, step 1; " \
+                          "nothing was saved\n"
+
+
+def test_too_many_inducing_points_are_refused_before_any_training(tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", *TINY_REGRESSION, "--deep-gp-set",
+                           "num_inducing=100000", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "bayessparse: error: num_inducing must be <= the 266 training examples of diabetes, " \
+                          "got 100000\n"
+    assert not out.exists()
+
+
+def test_a_field_compare_sets_is_refused_naming_its_flag(tmp_path):
+    out = tmp_path / "cmp"
+    proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", *TINY_REGRESSION, "--deep-gp-set", "seed=3",
+                           "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "bayessparse: error: --deep-gp-set seed: the deep GP rows' seed is set by compare " \
+                          "(from --seeds)\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("field,value,source", [
+    ("data", "digits", "--data"),
+    ("data_seed", "1", "--set data_seed"),
+    ("seed", "0", "--seeds"),
+    ("ece_bins", "0", "--set ece_bins"),
+    ("method", "dspp", "DGP and DSPP"),
+])
+def test_every_field_compare_sets_is_refused_before_any_training(tmp_path, field, value, source):
+    from bayessparse.compare import REGRESSION_DEFAULTS, compare
+    from bayessparse.config import resolve
+
+    base = resolve(REGRESSION_DEFAULTS, {"data": "diabetes", "epochs": 1})
+    with pytest.raises(ConfigError) as err:
+        compare(base, ["rigl"], [0], tmp_path / "cmp", progress=False, with_deep_gp=True,
+                deep_gp={"epochs": "1", "num_inducing": "8", field: value})
+    message = str(err.value)
+    assert message.startswith(f"--deep-gp-set {field}: ") and "set by compare" in message and source in message
+    assert "\n" not in message and not (tmp_path / "cmp").exists()

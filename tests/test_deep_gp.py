@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from bayessparse.baselines.gp_predict import predict
 from bayessparse.baselines.gp_training import build_gp_run, train_epoch
 from bayessparse.baselines.kmeans import kmeans
 from bayessparse.data import load
-from bayessparse.errors import ConfigError
+from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch
 from bayessparse.folders import LOCK, MARKER, check_kind, folder_kind
 from bayessparse.uncertainty.metrics import summary
@@ -270,6 +271,87 @@ def test_a_diverged_kernel_stops_training_and_keeps_the_last_checkpoint(tmp_path
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.parametrize("method", ["dgp", "dspp"])
+@pytest.mark.parametrize("batch_size", [64, 1000])  # several steps per epoch; one step, the last of its epoch
+def test_a_huge_learning_rate_is_a_one_line_divergence(tmp_path, method, batch_size):
+    cfg = tiny(method=method, data="diabetes", lr=1e30, batch_size=batch_size, epochs=2)
+    with pytest.raises(TrainingDiverged) as err:
+        train_deep_gp(cfg, tmp_path / "run", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and re.search(r" at epoch 1, step 1; nothing was saved$", message), message
+    assert not (tmp_path / "run" / "checkpoint.pt").exists() and not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("method,parameter", [
+    ("dgp", "hidden.covar_module.raw_outputscale"),  # the next step's kernel matrix is NaN
+    ("dspp", "output.variational_strategy.inducing_points"),
+    ("dgp", "likelihood.mixing_weights"),  # the softmax likelihood's logits are NaN
+    ("dspp", "hidden.mean_module.weights"),  # the layer's Gaussian has a NaN mean
+])
+def test_a_non_finite_parameter_mid_epoch_names_itself_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, method,
+                                                                                  parameter):
+    real = gp_training.train_step
+
+    def poisoned(run, *args):
+        value = real(run, *args)
+        if run.step == 9 + 3:  # digits: 9 steps per epoch
+            with torch.no_grad():
+                dict(run.model.named_parameters())[parameter].fill_(math.nan)
+        return value
+
+    monkeypatch.setattr(gp_training, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged) as err:
+        train_deep_gp(tiny(method=method, epochs=3), tmp_path / "run", progress=False)
+    assert str(err.value) == f"{parameter} became non-finite at epoch 2, step 12; the checkpoint of epoch 1 is kept"
+    assert load_torch(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_a_parameter_left_non_finite_by_the_last_step_of_an_epoch_is_caught_before_validation(tmp_path, monkeypatch):
+    real = gp_training.train_step
+
+    def poisoned(run, *args):
+        value = real(run, *args)
+        if run.step == 2 * 9:  # the last step of epoch 2
+            with torch.no_grad():
+                run.model.likelihood.mixing_weights.fill_(math.inf)
+        return value
+
+    monkeypatch.setattr(gp_training, "train_step", poisoned)
+    with pytest.raises(TrainingDiverged) as err:
+        train_deep_gp(tiny(epochs=3), tmp_path / "run", progress=False)
+    assert str(err.value) == ("likelihood.mixing_weights became non-finite at epoch 2, step 18; "
+                              "the checkpoint of epoch 1 is kept")
+
+
+@pytest.mark.parametrize("data,key", [("digits", "probs"), ("diabetes", "variances")])
+def test_a_non_finite_predictive_is_a_divergence(tmp_path, monkeypatch, data, key):
+    real, calls = gp_training.predict, {"n": 0}
+
+    def non_finite(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 2:  # the validation pass after epoch 2
+            out[key].view(-1)[0] = math.inf
+        return out
+
+    monkeypatch.setattr(gp_training, "predict", non_finite)
+    with pytest.raises(TrainingDiverged) as err:  # one step per epoch
+        train_deep_gp(tiny(data=data, epochs=2, batch_size=5000), tmp_path / "run", progress=False)
+    assert str(err.value) == ("the deep GP's predictive became non-finite at epoch 2, step 2; "
+                              "the checkpoint of epoch 1 is kept")
+    assert load_torch(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
+
+
+def test_the_checks_that_need_the_data_are_one_function():
+    from bayessparse.baselines import check_deep_gp_data
+
+    assert len(check_deep_gp_data(DeepGPConfig(data="diabetes", num_inducing=266)).train) == 266
+    with pytest.raises(ConfigError) as err:
+        check_deep_gp_data(DeepGPConfig(data="diabetes", num_inducing=267))
+    assert str(err.value) == "num_inducing must be <= the 266 training examples of diabetes, got 267"
+
+
 # ---------------------------------------------------------------------------- regression
 
 
@@ -347,3 +429,17 @@ def test_config_from_mapping(tmp_path):
     with pytest.raises(ConfigError, match="num_inducing must be <= the 266 training examples"):
         train_deep_gp(DeepGPConfig(data="diabetes", num_inducing=300), tmp_path / "big")
     assert not (tmp_path / "big").exists() and not (tmp_path / "x").exists()
+
+
+def test_the_deep_gp_follows_the_networks_generated_data_size(tmp_path):
+    """n_samples sizes a generated set for the deep GP as for the networks (compare and the study pass
+    theirs), and a set that is not generated refuses it."""
+    from bayessparse.baselines.gp_training import check_deep_gp_data
+
+    cfg = DeepGPConfig(method="dgp", data="mnist1d", n_samples=400, num_inducing=20)
+    data = check_deep_gp_data(cfg)
+    assert len(data.train) + len(data.val) + len(data.test) == 400
+    with pytest.raises(ConfigError, match="n_samples"):
+        check_deep_gp_data(DeepGPConfig(method="dgp", data="diabetes", n_samples=100, num_inducing=20))
+    with pytest.raises(ConfigError, match="n_samples must be > 0"):
+        DeepGPConfig(n_samples=0)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
 from bayessparse.export import FORMAT, export_bytes, export_run, load_export
 from bayessparse.files import TEMPORARY
+from bayessparse.folders import LOCK, MARKER, exclusive
 from bayessparse.kernels.inference import CSRLinear
 from bayessparse.predict import predict_logits
 from bayessparse.sparsity.density import prunable_weights
@@ -233,7 +236,7 @@ DAMAGE = {
     "unknown_model": (_unknown_model, "cannot build the network: unknown model 'transformer'"),
     "bad_shape_text": (_bad_shape_text, "input_shape"),
     "absurd_shape": (_absurd_shape, "the network has [256, 10000000000000]"),
-    "absurd_sparse_shape": (_absurd_sparse_shape, "too large to fill in here"),
+    "absurd_sparse_shape": (_absurd_sparse_shape, "more than int32 indices address"),
     "bad_classes": (_bad_classes, "num_classes"),
     "many_members": (_many_members, "metadata members is 1000000000"),
     "unbuildable": (_unbuildable, "cannot build the network"),
@@ -272,13 +275,87 @@ def test_an_unknown_form_is_refused(exported):
         load_export(exported[0], "csr")
 
 
+# ----------------------------------------------------------------------------------------------- sizes it may not trust
+
+#: Writes an export of ``mlp`` for examples of ``INPUT`` features whose weights are all stored sparse with
+#: no values (a few kB), loads it and prints what happened: the time and the growth of the peak memory.
+CRAFTED = textwrap.dedent("""
+    import json, resource, sys, time
+    import torch
+    from safetensors.torch import save
+    from bayessparse.errors import ConfigError
+    from bayessparse.export import FORMAT, FORMAT_VERSION, load_export
+    from bayessparse.sparsity.density import prunable_weights
+    import models
+
+    path, features = sys.argv[1], int(sys.argv[2])
+    with torch.device("meta"):
+        skeleton = models.build("mlp", 10, (features,))
+    prunable, tensors, shapes = set(prunable_weights(skeleton)), {}, {}
+    for name, like in skeleton.state_dict().items():
+        if name in prunable:
+            tensors[name + ".values"] = torch.zeros(0)
+            tensors[name + ".indices"] = torch.zeros(0, dtype=torch.int32)
+            shapes[name] = list(like.shape)
+        else:
+            tensors[name] = torch.zeros(like.shape, dtype=like.dtype)
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "model": "mlp", "num_classes": "10",
+                "input_shape": json.dumps([features]), "width": "1.0", "structure": "network", "members": "1",
+                "method": "rigl", "data": "mnist1d", "sparse": json.dumps(shapes)}
+    with open(path, "wb") as f:
+        f.write(save(tensors, metadata))
+    declared = sum(like.numel() for like in skeleton.state_dict().values())
+    before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+    try:
+        load_export(path)
+        outcome = "loaded"
+    except ConfigError as exc:
+        outcome = str(exc)
+    seconds = time.perf_counter() - start
+    grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024  # ru_maxrss is in KiB
+    print(json.dumps({"declared": declared, "outcome": outcome, "seconds": seconds, "grown": grown}))
+""")
+
+
+@pytest.mark.parametrize("features, needle", [
+    (500_000, "more than max_parameters=100000000"),  # 128 M entries
+    (300_000, "more than max_expansion=10000"),  # 77 M entries, under max_parameters, from ~3 kB
+])
+def test_a_small_file_that_describes_a_huge_network_is_refused_before_allocating_it(tmp_path, features, needle):
+    path = tmp_path / "crafted.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-c", CRAFTED, str(path), str(features)], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert path.stat().st_size < 4096 and result["declared"] > 7 * 10**7
+    assert needle in result["outcome"] and str(path) in result["outcome"], result
+    assert result["seconds"] < 2.0 and result["grown"] < 64 * 2**20, result
+
+
+def test_the_size_limits_are_the_callers_and_a_normal_export_is_within_them(exported):
+    path, _ = exported
+    declared = sum(v.numel() for v in load_export(path).state_dict().values())
+    _, tensors = contents(path)
+    stored = sum(t.numel() for k, t in tensors.items() if not k.endswith(".indices"))
+    assert declared < 10**6 and declared > 5 * stored  # a 90 %-sparse network: the file describes more than it stores
+    assert isinstance(load_export(path, max_parameters=declared), torch.nn.Module)
+    with pytest.raises(ConfigError, match=f"network of {declared} entries, more than max_parameters={declared - 1}"):
+        load_export(path, max_parameters=declared - 1)
+    for bad in (0, -1, float("nan"), "1e8", True):
+        with pytest.raises(ConfigError, match="max_parameters must be a number > 0"):
+            load_export(path, max_parameters=bad)
+    with pytest.raises(ConfigError, match="max_expansion must be a number > 0"):
+        load_export(path, max_expansion=0)
+
+
 # ----------------------------------------------------------------------------------------------- the command
 
 
-def bayessparse(*argv: str) -> subprocess.CompletedProcess:
+def bayessparse(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "default"}
     return subprocess.run([sys.executable, "-m", "bayessparse.cli", *argv], capture_output=True, text=True,
-                          timeout=300, env=env)
+                          timeout=300, env=env, **kwargs)
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -341,3 +418,62 @@ def test_the_command_refuses_bad_paths_in_one_line_writing_nothing(finished, tmp
     assert proc.stdout == "" and proc.stderr.count("\n") == 1 and proc.stderr.startswith("bayessparse: error:")
     assert needle in proc.stderr, proc.stderr
     assert files(work) == before and files(finished) == run_before
+
+
+# ----------------------------------------------------------------------------------------------- the run's own files
+
+
+@pytest.fixture
+def run_copy(finished, tmp_path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(finished, copy)
+    return copy
+
+
+def assert_refused(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == "" and proc.stderr.count("\n") == 1 and proc.stderr.startswith("bayessparse: error:")
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "config.yaml", "metrics.json", "reliability.png", LOCK, MARKER,
+                                  "eval.json"])
+def test_export_refuses_to_overwrite_a_file_of_the_run_it_reads(run_copy, tmp_path, name):
+    before = files(tmp_path)
+    assert_refused(bayessparse("export", str(run_copy), "--out", str(run_copy / name)), "would overwrite", name)
+    assert files(tmp_path) == before
+    assert bayessparse("export", str(run_copy), "--out", str(tmp_path / "model.safetensors")).returncode == 0
+
+
+@pytest.mark.parametrize("spelling", ["dotdot", "relative", "folder_link", "file_link"])
+def test_the_run_files_are_recognised_however_the_path_is_written(run_copy, tmp_path, spelling):
+    cwd = None
+    if spelling == "dotdot":
+        out = run_copy / ".." / run_copy.name / "checkpoint.pt"
+    elif spelling == "relative":
+        out, cwd = Path("checkpoint.pt"), run_copy
+    elif spelling == "folder_link":
+        (tmp_path / "alias").symlink_to(run_copy, target_is_directory=True)
+        out = tmp_path / "alias" / "checkpoint.pt"
+    else:
+        out = tmp_path / "link.pt"
+        out.symlink_to(run_copy / "checkpoint.pt")
+    before = {str(p): p.read_bytes() for p in sorted(run_copy.rglob("*")) if p.is_file()}
+    assert_refused(bayessparse("export", str(run_copy), "--out", str(out), cwd=cwd), "would overwrite checkpoint.pt")
+    assert {str(p): p.read_bytes() for p in sorted(run_copy.rglob("*")) if p.is_file()} == before
+
+
+def test_export_into_the_run_folder_holds_its_lock(run_copy):
+    """``bayessparse export runs/fast --out runs/fast/model.safetensors`` (the README's example) works,
+    as one writer of the folder: while another process writes the run, it is refused."""
+    out = run_copy / "model.safetensors"
+    with exclusive(run_copy, "hold"):
+        before = files(run_copy)
+        assert_refused(bayessparse("export", str(run_copy), "--out", str(out)), "cannot export into",
+                       "another process is writing it")
+        assert files(run_copy) == before
+    proc = bayessparse("export", str(run_copy), "--out", str(out))
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert {k: v for k, v in files(run_copy).items() if k != str(out)} == before
+    assert isinstance(load_export(out), torch.nn.Module)

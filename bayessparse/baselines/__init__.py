@@ -4,9 +4,10 @@ A deep GP is the model CigL's training is read as approximating (Lei et al., ICL
 thing is the natural reference: :class:`DeepGPConfig` describes a run, :func:`train_deep_gp` trains it
 into a run folder (``config.yaml``, ``checkpoint.pt``, ``metrics.json``, ``reliability.png``; kind
 ``"deep-gp"``) with the metrics keys of a neural run, and :func:`load_deep_gp` gives the trained model
-back as a predictor. ``method="dgp"`` is doubly stochastic VI (Salimbeni and Deisenroth, 2017),
-``"dspp"`` a deep sigma point process (Jankowiak, Pleiss and Gardner, 2020); both classify (softmax
-likelihood) and regress (Gaussian likelihood, e.g. ``data="diabetes"``).
+back as a predictor; :func:`check_deep_gp_data` makes the checks of a config that need its data, so that
+a caller can refuse a config before other work starts. ``method="dgp"`` is doubly stochastic VI (Salimbeni
+and Deisenroth, 2017), ``"dspp"`` a deep sigma point process (Jankowiak, Pleiss and Gardner, 2020); both
+classify (softmax likelihood) and regress (Gaussian likelihood, e.g. ``data="diabetes"``).
 
 - :mod:`~bayessparse.baselines.gp_config` -- the configuration and its checks;
 - :mod:`~bayessparse.baselines.kmeans` -- seeded k-means, where the inducing points start;
@@ -32,6 +33,6 @@ with warnings.catch_warnings():  # gpytorch scripts some functions at import, a 
 
 from bayessparse.baselines.gp_config import DeepGPConfig  # noqa: E402
 from bayessparse.baselines.gp_predict import DeepGPPredictor  # noqa: E402
-from bayessparse.baselines.gp_training import load_deep_gp, train_deep_gp  # noqa: E402
+from bayessparse.baselines.gp_training import check_deep_gp_data, load_deep_gp, train_deep_gp  # noqa: E402
 
-__all__ = ["DeepGPConfig", "DeepGPPredictor", "load_deep_gp", "train_deep_gp"]
+__all__ = ["DeepGPConfig", "DeepGPPredictor", "check_deep_gp_data", "load_deep_gp", "train_deep_gp"]

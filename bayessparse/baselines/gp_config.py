@@ -15,6 +15,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from bayessparse import smoke
 from bayessparse.config import FLOAT32_MAX, MAX_BINS, coerce
 from bayessparse.data import DATASETS
 from bayessparse.errors import ConfigError
@@ -30,6 +31,7 @@ class DeepGPConfig:
     method: str = "dgp"  # "dgp" (ELBO, sampled layers) or "dspp" (predictive log-likelihood, sigma points)
     data: str = "digits"  # a name of bayessparse.data.DATASETS; inputs are flattened
     data_seed: int = 0  # the splits, as for the neural runs
+    n_samples: int | None = None  # mnist1d / synthetic: total examples generated, as the networks' n_samples
     seed: int = 0  # everything else: initialisation, k-means, batch order, Monte Carlo draws
     epochs: int = 60
     batch_size: int = 128
@@ -49,6 +51,10 @@ class DeepGPConfig:
             value = getattr(self, f.name)
             if _HINTS[f.name] is float and isinstance(value, int) and not isinstance(value, bool):
                 object.__setattr__(self, f.name, float(value))
+        if smoke.active() and isinstance(self.epochs, int):  # BAYESSPARSE_SMOKE=1: toy-size training and data
+            shrunk = smoke.shrink_config({"data": self.data, "epochs": self.epochs, "n_samples": self.n_samples})
+            for name in ("epochs", "n_samples"):
+                object.__setattr__(self, name, shrunk.get(name))
         _check(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +91,9 @@ def _check(cfg: DeepGPConfig) -> None:
 
     for name, hint in _HINTS.items():
         value = getattr(cfg, name)
-        if hint is int:
+        if value is None and type(None) in typing.get_args(hint):
+            continue
+        if hint in (int, int | None):
             need(isinstance(value, int) and not isinstance(value, bool), name, "an int")
         elif hint is float:
             finite = isinstance(value, float) and math.isfinite(value) and abs(value) <= FLOAT32_MAX
@@ -96,6 +104,7 @@ def _check(cfg: DeepGPConfig) -> None:
     need(cfg.data in DATASETS, "data", f"one of {', '.join(DATASETS)}")
     need(0 <= cfg.seed < 2**32, "seed", "in [0, 2^32)")
     need(0 <= cfg.data_seed < 2**32, "data_seed", "in [0, 2^32)")
+    need(cfg.n_samples is None or cfg.n_samples > 0, "n_samples", "> 0")
     for name in ("epochs", "batch_size", "num_inducing", "hidden_dims", "num_samples", "likelihood_samples",
                  "num_quad_sites", "eval_samples", "eval_batch_size"):
         need(getattr(cfg, name) >= 1, name, ">= 1")

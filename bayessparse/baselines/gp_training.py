@@ -19,18 +19,24 @@ use the keys of a neural run where they apply -- ``accuracy``, ``nll``, ``ece``,
 example) and ``parameters`` (every model and likelihood parameter, variational ones included). A
 regressor reports ``rmse``, ``nll`` (of the predictive mixture) and ``coverage_50/90/95`` instead of
 the classification metrics (:mod:`bayessparse.uncertainty.regression`), in standardised target units.
+
+A run whose parameters diverge -- a NaN or infinite loss, a NaN kernel matrix or one no jitter makes
+positive definite, a parameter NaN or infinite at the end of an epoch, a predictive that is not finite --
+stops with :class:`~bayessparse.errors.TrainingDiverged`, one line naming the epoch and the step; the
+checkpoint of the last finished epoch stays in place, as for a network run.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gpytorch
 import torch
-from linear_operator.utils.errors import NotPSDError
+from linear_operator.utils.errors import NanError, NotPSDError
 from tqdm.auto import tqdm
 
 from bayessparse import checkpoints
@@ -94,13 +100,22 @@ def flat_inputs(dataset: torch.utils.data.Dataset) -> torch.Tensor:
     return torch.cat([x.flatten(1) for x, _ in batches(dataset, 4096)])
 
 
+def check_deep_gp_data(cfg: DeepGPConfig, data: datasets.DataBundle | None = None) -> datasets.DataBundle:
+    """``cfg``'s data (loaded from ``cfg.data``, ``cfg.data_seed`` and ``cfg.n_samples`` when not given), checked against the fields
+    that depend on it: the ``num_inducing`` k-means centres need as many training examples. The checks of
+    :class:`DeepGPConfig` need no data; these are the rest (a :class:`ConfigError` names the field)."""
+    data = data if data is not None else datasets.load(cfg.data, data_seed=cfg.data_seed, n_samples=cfg.n_samples)
+    train = data.train_eval if data.train_eval is not None else data.train
+    if cfg.num_inducing > len(train):
+        raise ConfigError(f"num_inducing must be <= the {len(train)} training examples of {cfg.data}, "
+                          f"got {cfg.num_inducing}")
+    return data
+
+
 def build_gp_run(cfg: DeepGPConfig, data: datasets.DataBundle | None = None) -> GPRun:
     """Data, model and optimizer of a fresh run, seeded from ``cfg.seed``."""
-    data = data if data is not None else datasets.load(cfg.data, data_seed=cfg.data_seed)
+    data = check_deep_gp_data(cfg, data)
     x = flat_inputs(data.train_eval if data.train_eval is not None else data.train)
-    if cfg.num_inducing > len(x):
-        raise ConfigError(f"num_inducing must be <= the {len(x)} training examples of {cfg.data}, "
-                          f"got {cfg.num_inducing}")
     seed_everything(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
     model = build_model(cfg.method, x, data.num_classes, data.task, hidden_dims=cfg.hidden_dims,
@@ -108,19 +123,54 @@ def build_gp_run(cfg: DeepGPConfig, data: datasets.DataBundle | None = None) -> 
     return GPRun(cfg, data, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), generator)
 
 
+def non_finite_parameter(run: GPRun) -> str | None:
+    """The name of the first parameter of the run's model (likelihood included) holding a NaN or an infinity."""
+    return next((name for name, p in run.model.named_parameters() if not bool(torch.isfinite(p).all())), None)
+
+
+def check_finite(run: GPRun) -> None:
+    """Raise :class:`TrainingDiverged` if a parameter is NaN or infinite (at the end of an epoch: the loss check
+    of every step sees a divergence one step late, and the validation pass would trip over it)."""
+    name = non_finite_parameter(run)
+    if name is not None:
+        raise TrainingDiverged(f"{name} became non-finite at epoch {run.epoch + 1}, step {run.step}")
+
+
+@contextmanager
+def divergence(run: GPRun, epoch: int) -> Iterator[None]:
+    """The model's errors that mean diverged parameters, as :class:`TrainingDiverged` naming ``epoch`` and the step.
+
+    A NaN kernel matrix (``NanError``), one no jitter makes positive definite (``NotPSDError``), and any
+    error raised while a parameter is non-finite (e.g. a distribution refusing NaN logits) are a divergence;
+    other errors pass unchanged.
+    """
+    try:
+        yield
+    except TrainingDiverged:
+        raise
+    except (ValueError, RuntimeError) as exc:
+        where = f"at epoch {epoch}, step {run.step}"
+        name = non_finite_parameter(run)
+        if name is not None:
+            raise TrainingDiverged(f"{name} became non-finite {where}") from None
+        if isinstance(exc, NanError):
+            raise TrainingDiverged(f"a kernel matrix became NaN {where}") from None
+        if isinstance(exc, NotPSDError):
+            raise TrainingDiverged(f"a kernel matrix lost positive definiteness {where}") from None
+        raise
+
+
 def train_step(run: GPRun, mll: gpytorch.mlls.MarginalLogLikelihood, x: torch.Tensor, y: torch.Tensor) -> float:
     """One Adam step on ``−objective`` of a mini-batch (``num_samples`` samples of the DGP's layers, each
-    with ``likelihood_samples`` draws of the softmax likelihood); returns that loss."""
+    with ``likelihood_samples`` draws of the softmax likelihood); returns that loss. Diverged parameters
+    raise :class:`TrainingDiverged` (:func:`divergence`, a non-finite loss)."""
     run.optimizer.zero_grad(set_to_none=True)
-    try:
+    with divergence(run, run.epoch + 1):
         with gpytorch.settings.num_likelihood_samples(run.cfg.num_samples):
             output = run.model(x.flatten(1))
         with gpytorch.settings.num_likelihood_samples(run.cfg.likelihood_samples):
             loss = -mll(output, y)
         loss.backward()
-    except NotPSDError:  # a kernel matrix no jitter could make positive definite: the parameters have diverged
-        raise TrainingDiverged(f"a kernel matrix lost positive definiteness at epoch {run.epoch + 1}, "
-                               f"step {run.step}") from None
     value = loss.item()
     if not torch.isfinite(loss):
         raise TrainingDiverged(f"loss became {value} at epoch {run.epoch + 1}, step {run.step}")
@@ -143,25 +193,35 @@ def train_epoch(run: GPRun, progress: bool = False) -> float:
 
 
 def scores(run: GPRun, dataset: torch.utils.data.Dataset) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
-    """The metrics of the run's model on ``dataset`` and the predictions they come from."""
-    out = predict(run.model, dataset, samples=run.cfg.eval_samples, batch_size=run.cfg.eval_batch_size,
-                  seed=run.cfg.seed)
+    """The metrics of the run's model on ``dataset`` and the predictions they come from; a predictive that is
+    not finite, or cannot be computed for diverged parameters, raises :class:`TrainingDiverged`."""
+    with divergence(run, run.epoch):
+        out = predict(run.model, dataset, samples=run.cfg.eval_samples, batch_size=run.cfg.eval_batch_size,
+                      seed=run.cfg.seed)
+    if not all(bool(torch.isfinite(value).all()) for value in out.values() if value.is_floating_point()):
+        raise TrainingDiverged(f"the deep GP's predictive became non-finite at epoch {run.epoch}, step {run.step}")
     if run.data.task == "classification":
         return summary(out["probs"], out["labels"], n_bins=run.cfg.ece_bins), out
     return regression_summary(out["means"], out["variances"], out["targets"], out["log_weights"]), out
 
 
 def fit(run: GPRun, checkpoint: Path | None = None, progress: bool = True) -> None:
-    """Train from ``run.epoch`` to ``cfg.epochs``, validating and checkpointing after every epoch."""
+    """Train from ``run.epoch`` to ``cfg.epochs``, validating and checkpointing after every epoch. A divergence
+    (:class:`TrainingDiverged`) says whether the checkpoint of the last finished epoch is kept."""
     cfg = run.cfg
     epochs = tqdm(range(run.epoch, cfg.epochs), initial=run.epoch, total=cfg.epochs, desc=cfg.method,
                   disable=not progress)
     for _ in epochs:
-        start = time.perf_counter()
-        loss = train_epoch(run, progress)
-        run.epoch += 1
-        run.train_seconds += time.perf_counter() - start
-        val, _ = scores(run, run.data.val)
+        start, saved = time.perf_counter(), run.epoch
+        try:
+            loss = train_epoch(run, progress)
+            check_finite(run)
+            run.epoch += 1
+            run.train_seconds += time.perf_counter() - start
+            val, _ = scores(run, run.data.val)
+        except TrainingDiverged as exc:
+            kept = f"the checkpoint of epoch {saved} is kept" if saved and checkpoint else "nothing was saved"
+            raise TrainingDiverged(f"{exc}; {kept}") from None
         run.history.append({"epoch": run.epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
         epochs.set_postfix(loss=f"{loss:.3f}", val_nll=f"{val['nll']:.3f}")
         if checkpoint is not None:
@@ -232,7 +292,10 @@ def train_deep_gp(cfg: DeepGPConfig, out: str | Path, *, resume: bool = False, p
             raise ConfigError(f"{out} changed while this run was being set up; run it again")
         write_text(out / CONFIG, cfg.yaml())
         fit(run, out / CHECKPOINT, progress)
-        metrics, predictions = evaluate(run)
+        try:
+            metrics, predictions = evaluate(run)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(f"{exc}; the checkpoint of epoch {run.epoch} is kept") from None
         metrics["training_version"] = TRAINING_VERSION
         save_torch(out / CHECKPOINT, {**run.state_dict(), "finished": True})
         if run.data.task == "classification":

@@ -66,6 +66,7 @@ from bayessparse import data as datasets
 from bayessparse.config import TrainConfig, coerce
 from bayessparse.data.noise import noisy_label_posterior
 from bayessparse.errors import ConfigError, TrainingDiverged
+from bayessparse import smoke
 from bayessparse.files import load_torch, save_torch, write_json, write_text
 from bayessparse.version import TRAINING_VERSION
 from bayessparse.folders import check_kind, check_writable, exclusive
@@ -126,7 +127,8 @@ _SETTING_TYPES = typing.get_type_hints(IMPSettings)
 def resolve_settings(*layers: Mapping[str, Any] | None, epochs: int | None = None) -> IMPSettings:
     """Merge layers of IMP settings over the defaults (later layers win) and validate them.
 
-    ``epochs`` (the training epochs per round), when given, bounds ``rewind_epoch``.
+    ``epochs`` (the training epochs per round), when given, bounds ``rewind_epoch``. Under
+    ``BAYESSPARSE_SMOKE=1`` (:mod:`bayessparse.smoke`) a sweep has at most 2 rounds.
     """
     merged: dict[str, Any] = {}
     for layer in layers:
@@ -140,6 +142,8 @@ def resolve_settings(*layers: Mapping[str, Any] | None, epochs: int | None = Non
             if value is not None:
                 merged[name] = coerce(name, value, _SETTING_TYPES[name], what="imp setting")
     s = IMPSettings(**merged)
+    if smoke.active():  # BAYESSPARSE_SMOKE=1: a toy-size sweep
+        s = dataclasses.replace(s, rounds=smoke.shrink_count(s.rounds))
     if s.rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {s.rounds}")
     if not 0.0 < s.prune_fraction < 1.0:

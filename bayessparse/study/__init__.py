@@ -5,7 +5,12 @@
 (:mod:`bayessparse.study.plan`), runs them side by side (:mod:`bayessparse.jobs`; finished ones are
 skipped, interrupted ones resumed), scores them (:mod:`bayessparse.study.cells`) and writes
 ``results.md`` with its figures (:mod:`bayessparse.study.report`): into the output folder, and with
-``docs`` into that folder too (``docs/results.md``, ``docs/figures/*.svg``).
+``docs`` into that folder too (``docs/results.md``, ``docs/figures/*.svg``), each time with
+``results.json`` beside it, the machine-readable record of the cells (:mod:`bayessparse.study.records`).
+
+Before any training the study checks the training version every finished unit recorded
+(:mod:`bayessparse.study.stale`): a cell trained by other training code is trained again, or with
+``reuse_stale`` (``--reuse-stale``) kept, and the report says so near its top.
 
 One study writes an output folder at a time: a lock file refuses a second process on the same folder.
 """
@@ -16,10 +21,11 @@ import contextlib
 import functools
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
+from bayessparse import version
 from bayessparse.config import TrainConfig
 from bayessparse.errors import ConfigError
 from bayessparse.files import write_text
@@ -27,6 +33,7 @@ from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.jobs import run_jobs
 from bayessparse.study.cells import check_cells, score
 from bayessparse.study.plan import plan, row_cell
+from bayessparse.study.records import RECORDS, records_text
 from bayessparse.study.report import (
     Report,
     calibration_section,
@@ -41,6 +48,7 @@ from bayessparse.study.report import (
 )
 from bayessparse.study.rows import ROWS
 from bayessparse.study.spec import StudySpec, read_spec
+from bayessparse.study.stale import Stale, describe, distinct, remove_unit, scan
 
 __all__ = ["run_study", "read_spec", "default_spec"]
 
@@ -78,9 +86,14 @@ def _predictions(spec: StudySpec, root: Path):
 
 
 def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs: str | Path | None = None,
-              progress: bool = True, command: str | None = None, processes: int = 1) -> dict[str, Any]:
-    """Run (or continue) the study of ``spec_path`` in ``out``; write its report; return a summary.
-    ``processes`` > 1 trains each run data-parallel on that many processes (torchrun)."""
+              progress: bool = True, command: str | None = None, processes: int = 1, reuse_stale: bool = False,
+              echo: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run (or continue) the study of ``spec_path`` in ``out``; write its report and ``results.json``; return a
+    summary: ``cells``, ``seconds``, ``report`` (the files written), ``stale_retrained`` and ``stale_kept`` (the
+    cells found trained by another training version, trained again or, with ``reuse_stale``, kept) and
+    ``stale_versions`` (the versions they recorded; ``None``: none). ``processes`` > 1 trains each run
+    data-parallel on that many processes (torchrun). ``echo`` receives a line about stale cells before any
+    training."""
     if isinstance(processes, bool) or not isinstance(processes, int) or processes < 1:
         raise ConfigError(f"--processes must be an integer >= 1, got {processes!r}")
     spec = read_spec(spec_path)
@@ -93,24 +106,52 @@ def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs:
     cells = plan(spec, root)
     check_cells(cells)
     with _locked(out):
+        stale = scan(cells)  # here, before the workers start: the policy is decided once, for every cell
+        if stale and echo is not None:
+            echo(_stale_line(stale, len(cells), reuse_stale))
+        if not reuse_stale:
+            for cell in stale:
+                remove_unit(cell.folder, root)
         start = time.perf_counter()
         results = run_jobs(functools.partial(score, processes=processes), cells, workers, progress=progress,
                            desc="study")
         seconds = time.perf_counter() - start
         scores = {c.folder: r for c, r in zip(cells, results)}
+        kept = stale if reuse_stale else []
+        records = records_text(cells, root)
         targets = [out] + ([Path(docs)] if docs is not None else [])
         for target in targets:
-            report = _report(spec, root, scores, target / "figures", command, len(cells))
+            report = _report(spec, root, scores, target / "figures", command, len(cells), kept)
             write_text(target / RESULTS, report.text())
-    return {"cells": len(cells), "seconds": seconds, "report": [str(t / RESULTS) for t in targets]}
+            write_text(target / RECORDS, records)
+    versions = distinct([v for s in stale for v in s.versions])
+    return {"cells": len(cells), "seconds": seconds, "report": [str(t / RESULTS) for t in targets],
+            "stale_retrained": 0 if reuse_stale else len(stale), "stale_kept": len(stale) if reuse_stale else 0,
+            "stale_versions": versions}
 
 
-def _report(spec: StudySpec, root: Path, scores: dict, figures: Path, command: str, n_cells: int) -> Report:
+def _stale_line(stale: Sequence[Stale], n_cells: int, reuse: bool) -> str:
+    """What the study says before training about the cells another training version trained."""
+    found = (f"{len(stale)} of {n_cells} cells were trained by another training version than this code's "
+             f"({version.TRAINING_VERSION}): {describe(stale)}")
+    if reuse:
+        return f"study: {found}; kept (--reuse-stale), and the report says so"
+    return f"study: {found}; training them again"
+
+
+def _report(spec: StudySpec, root: Path, scores: dict, figures: Path, command: str, n_cells: int,
+            kept: Sequence[Stale] = ()) -> Report:
     rep = Report(spec, root, scores, figures, command)
     default_rate = TrainConfig().drop_rate
-    rep.add("# Results",
+    warning = []
+    if kept:
+        warning = [f"**Mixed training versions: {len(kept)} of {n_cells} cells were trained by another training "
+                   f"version than this code's ({version.TRAINING_VERSION}): {describe(kept)}.** They were kept "
+                   "with `--reuse-stale`, so their numbers may differ from what this code trains; the same command "
+                   "without `--reuse-stale` trains them again. `results.json` names them (`training_version`)."]
+    rep.add("# Results", *warning,
             "Generated by the reproduction study; every number and figure below comes from runs it made. "
-            "To regenerate (finished runs are reused, interrupted ones resumed):",
+            "To regenerate (finished runs of this training version are reused, interrupted ones resumed):",
             f"```bash\nOMP_NUM_THREADS=1 {command}\n```",
             f"Specification `{Path(spec.path).name}`: {n_cells} trainings, seeds {', '.join(map(str, spec.seeds))}. "
             "CPU-scale numbers on embedded data; the paper-scale CIFAR configs are `experiments/cifar*.yaml`. "

@@ -3,7 +3,8 @@
 Every unit lives in a folder named after its resolved configuration (a short hash of the fields
 its method reads, the seed aside, then ``seed-S``; see :func:`folder_for` and, for the deep GP
 baselines, :func:`gp_folder_for`), so two sections that need the same training share it, and a
-re-run of the study finds finished units and skips them. A unit's scores are cached in
+re-run of the study finds finished units and skips them (unless another training version trained them:
+:mod:`bayessparse.study.stale`). A unit's scores are cached in
 ``FOLDER/study.json``; the worker that owns the folder is its only writer.
 """
 
@@ -92,8 +93,8 @@ def folder_for(root: Path, cfg: TrainConfig, kind: str = "run", extra: dict[str,
 
 
 #: DeepGPConfig fields added after the first study that includes deep GPs, with the default that reproduces
-#: the earlier training (the same rule as LATER_FIELDS; none yet)
-GP_LATER_FIELDS: dict[str, Any] = {}
+#: the earlier training (the same rule as LATER_FIELDS)
+GP_LATER_FIELDS: dict[str, Any] = {"n_samples": None}
 
 
 def gp_folder_for(root: Path, gp: dict[str, Any]) -> str:

@@ -108,8 +108,8 @@ def deep_gp_config(spec: StudySpec, cfg: TrainConfig, method: str, seed: int) ->
     ``seed``, the section's ``gp`` fields, :class:`~bayessparse.baselines.DeepGPConfig`'s defaults otherwise."""
     from bayessparse.baselines.gp_config import DeepGPConfig
 
-    return DeepGPConfig.from_dict({**spec.deep_gp.gp, "method": method, "data": cfg.data,
-                                   "data_seed": cfg.data_seed, "seed": seed, "ece_bins": cfg.ece_bins})
+    return DeepGPConfig.from_dict({**spec.deep_gp.gp, "method": method, "data": cfg.data, "data_seed": cfg.data_seed,
+                                   "n_samples": cfg.n_samples, "seed": seed, "ece_bins": cfg.ece_bins})
 
 
 def deep_gp_groups(spec: StudySpec) -> dict[Group, tuple[dict[str, Any], tuple[str, ...]]]:
