@@ -91,9 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from bayessparse.train import CHECKPOINT, CONFIG, train
 
     saved = _resumed(args.out, "run", CONFIG, CHECKPOINT) if args.resume else None
-    layers = _config_layers(args, saved)
-    cfg = resolve(*layers)
-    _check_sparsity_has_a_method(cfg, layers[1:] if saved is not None and saved.exists() else layers)
+    cfg = resolve(*_config_layers(args, saved))
+    _check_sparsity_has_a_method(cfg, _overrides(args))
     world = distributed.init_from_environment(cfg.device)  # torchrun: one process per rank
     try:
         metrics = train(cfg, args.out, resume=args.resume, progress=not args.no_progress)
@@ -107,10 +106,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_sparsity_has_a_method(cfg, given: Sequence[dict[str, Any]]) -> None:
-    """A sparsity asked for (by a flag, ``--set`` or the ``--config`` file) with the dense method would
-    train a dense network without a word: refuse it, naming the fix."""
-    if cfg.method == "dense" and any("sparsity" in layer for layer in given):
+def _check_sparsity_has_a_method(cfg, flags: dict[str, Any]) -> None:
+    """A sparsity asked for on the command line (``--sparsity``, ``--set sparsity=``) with the dense method
+    would train a dense network without a word: refuse it, naming the fix. A config file is not checked: a
+    resolved config (``config.yaml`` of a run, what compare hands to torchrun) lists every field."""
+    if cfg.method == "dense" and "sparsity" in flags:
         raise ConfigError(f"sparsity {cfg.sparsity:g} needs a sparse method: add --method "
                           "(e.g. rigl, cigl; dense training ignores the sparsity)")
 

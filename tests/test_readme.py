@@ -30,7 +30,7 @@ WRITES: dict[str, tuple[str, ...]] = {
     "bayessparse compare": ("{out}/results.json", "{out}/table.md", "{out}/reliability-overlay.png"),
     "bayessparse train": tuple(f"{{out}}/{name}" for name in RUN_FILES),
     "bayessparse evaluate": ("{run}/eval.json",),
-    "bayessparse ensemble": ("{out}/results.json",),
+    "bayessparse ensemble": ("{out}/ensemble.json",),
     "bayessparse imp": ("{out}/imp.json", "{out}/double_descent.png"),
     "bayessparse export": ("{out}",),
     "bayessparse bench": (),
