@@ -15,15 +15,27 @@ from typing import Any, Iterator, Mapping, Sequence
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch
 from bayessparse.rng import global_rng_state, set_global_rng_state
+from bayessparse.version import TRAINING_VERSION
 
 __all__ = ["fitting", "load_progress", "progress_state", "read_checkpoint", "same_config"]
 
 
 def progress_state(run: Any) -> dict[str, Any]:
     """Where a run (network or deep GP) stands: its generator, the global generators, ``epoch``, ``step``,
-    ``train_seconds`` and ``history`` -- the checkpoint entries every kind of run shares."""
+    ``train_seconds``, ``history`` and the ``training_version`` training it -- the checkpoint entries every kind
+    of run shares."""
     return {"generator": run.generator.get_state(), **global_rng_state(), "epoch": run.epoch, "step": run.step,
-            "train_seconds": run.train_seconds, "history": run.history}
+            "train_seconds": run.train_seconds, "history": run.history, "training_version": TRAINING_VERSION}
+
+
+def check_resumable(state: Mapping[str, Any], path: Path) -> None:
+    """A checkpoint to continue training from was written by this training version: a run continued by other
+    training numerics would be neither of the two. (A checkpoint written before versions were recorded has
+    none and is continued; a finished run of another version still evaluates.)"""
+    saved = state.get("training_version", TRAINING_VERSION)
+    if saved != TRAINING_VERSION:
+        raise ConfigError(f"{path} was written by training version {saved!r}, this code trains version "
+                          f"{TRAINING_VERSION}: continuing it would mix two trainings; train it again in a new folder")
 
 
 def load_progress(run: Any, state: Mapping[str, Any]) -> None:

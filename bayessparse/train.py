@@ -459,6 +459,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
     state = read_checkpoint(resume_from) if resume_from is not None else None
     if state is not None:
         check_same_config(cfg, state["config"], resume_from)
+        checkpoints.check_resumable(state, resume_from)
     run = build_run(cfg)
     if state is not None:
         restore(run, state, resume_from)

@@ -90,3 +90,30 @@ def test_a_noise_scale_that_overflows_is_a_divergence_not_a_traceback(monkeypatc
         run.model.log_noise.fill_(-200.0)  # s² underflows to 0
     with pytest.raises(TrainingDiverged, match="noise scale"):
         validation_scores(run, run.model)
+
+
+def test_a_checkpoint_of_another_training_version_is_not_continued(tmp_path):
+    """Resuming would mix two trainings: refused in one line; a checkpoint without a recorded version (written
+    before versions were recorded) is continued as before, and the study sees the interrupted cell as stale."""
+    from bayessparse.config import resolve
+    from bayessparse.errors import ConfigError
+    from bayessparse.files import load_torch, save_torch
+    from bayessparse.study.cells import Cell
+    from bayessparse.study.stale import recorded_versions
+    from bayessparse.train import train
+    from bayessparse.version import TRAINING_VERSION
+
+    cfg = resolve({"data": "digits", "model": "mlp", "method": "rigl", "epochs": 1, "width": 0.25})
+    out = tmp_path / "run"
+    train(cfg, out, progress=False)
+    (out / "metrics.json").unlink()  # as if interrupted after its last checkpoint
+    state = load_torch(out / "checkpoint.pt")
+    assert state["training_version"] == TRAINING_VERSION
+    save_torch(out / "checkpoint.pt", {**state, "training_version": TRAINING_VERSION + 1})
+    assert recorded_versions(Cell(cfg.to_dict(), str(out))) == [TRAINING_VERSION + 1]
+    with pytest.raises(ConfigError, match="training version"):
+        train(cfg, out, resume=True, progress=False)
+    del state["training_version"]
+    save_torch(out / "checkpoint.pt", state)
+    assert recorded_versions(Cell(cfg.to_dict(), str(out))) == []
+    assert train(cfg, out, resume=True, progress=False)["training_version"] == TRAINING_VERSION

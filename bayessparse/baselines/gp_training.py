@@ -283,6 +283,7 @@ def train_deep_gp(cfg: DeepGPConfig, out: str | Path, *, resume: bool = False, p
     state = read_gp_checkpoint(resume_from) if resume_from is not None else None
     if state is not None:
         check_same_config(cfg, state["config"], resume_from)
+        checkpoints.check_resumable(state, resume_from)
     run = build_gp_run(cfg)
     if state is not None:
         with checkpoints.fitting(resume_from):

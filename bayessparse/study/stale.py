@@ -57,8 +57,8 @@ def _version_of(record: Any) -> Any:
 
 
 def recorded_versions(cell: Cell) -> list[Any]:
-    """The training version each finished part of the cell's unit recorded (``None``: none); ``[]`` when none
-    has finished."""
+    """The training version each finished part of the cell's unit recorded (``None``: none); for an unfinished
+    run or deep GP, the version its checkpoint recorded; ``[]`` when there is nothing to go by."""
     from bayessparse.ensembles import member_dir
     from bayessparse.sparsity.imp import RESULTS as IMP_RESULTS
     from bayessparse.train import METRICS
@@ -70,10 +70,26 @@ def recorded_versions(cell: Cell) -> list[Any]:
             return []
         return [_version_of(r) for r in rounds] if isinstance(rounds, list) else [None]
     if cell.kind in ("run", "deep-gp"):
-        paths = [folder / METRICS]
-    else:  # a DST or EDST ensemble: its members' run folders
-        paths = [member_dir(folder, i) / METRICS for i in range(cell.members)]
+        finished = [_version_of(r) for r in map(_record, [folder / METRICS]) if r is not _MISSING]
+        return finished or _interrupted_version(folder)
+    paths = [member_dir(folder, i) / METRICS for i in range(cell.members)]  # an ensemble: its members' folders
     return [_version_of(r) for r in map(_record, paths) if r is not _MISSING]
+
+
+def _interrupted_version(folder: Path) -> list[Any]:
+    """The training version an interrupted run's checkpoint recorded, which it would be resumed with; ``[]``
+    when there is no checkpoint, or one written before versions were recorded (resumed as before)."""
+    from bayessparse.files import load_torch
+    from bayessparse.train import CHECKPOINT
+
+    path = folder / CHECKPOINT
+    if not path.is_file():
+        return []
+    try:
+        state = load_torch(path)
+    except Exception:  # an unreadable checkpoint is the resume's to report, in its own words
+        return []
+    return [state["training_version"]] if isinstance(state, dict) and "training_version" in state else []
 
 
 def is_current(recorded: Any, current: int | None = None) -> bool:
