@@ -16,6 +16,7 @@ from bayessparse import smoke
 from bayessparse.config import FIELD_NAMES, read_yaml, resolve
 from bayessparse.errors import ConfigError, RankMismatch, TrainingDiverged, WriteError
 from bayessparse.methods import check_method
+from bayessparse.data import task_of
 
 # flag -> config field, for the flags every training command shares
 RUN_FLAGS: dict[str, tuple[str, type]] = {
@@ -100,8 +101,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.close()
     if not world.main:
         return 0
-    keys = ("rmse", "nll", "coverage_90") if metrics.get("task") == "regression" else ("accuracy", "nll", "ece", "brier")
-    scores = "  ".join(f"{key} {metrics[key]:.4f}" for key in (*keys, "density"))
+    scores = "  ".join(f"{key} {metrics[key]:.4f}" for key in (*task_of(cfg.data).headline, "density"))
     print(f"{cfg.method} on {cfg.data}: {scores}  ({metrics['train_seconds']:.1f} s)  -> {args.out}")
     return 0
 
@@ -156,13 +156,11 @@ def _seeds(text: str) -> list[int]:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bayessparse.compare import COMPARE_DEFAULTS, REGRESSION_DEFAULTS, compare, default_methods
-    from bayessparse.data import task_of
+    from bayessparse.workflows.compare import COMPARE_DEFAULTS, compare, default_methods, task_defaults
 
     layers = _config_layers(args)
     cfg = resolve(COMPARE_DEFAULTS, *layers)
-    if task_of(cfg.data) == "regression":
-        cfg = resolve(COMPARE_DEFAULTS, REGRESSION_DEFAULTS, *layers)
+    cfg = resolve(COMPARE_DEFAULTS, task_defaults(cfg.data), *layers)
     methods = _names(args.methods) if args.methods else default_methods(task_of(cfg.data))
     if args.deep_gp_set and not args.with_deep_gp:
         raise ConfigError("--deep-gp-set applies to the deep GP rows: add --with-deep-gp")
@@ -183,7 +181,7 @@ def _workers(jobs: int | None) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from bayessparse.bench import SETUPS, measure
+    from bayessparse.workflows.bench import SETUPS, measure
     from bayessparse.files import write_json
 
     for flag, value in (("--rounds", args.rounds), ("--steps", args.steps)):
@@ -217,9 +215,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _bench_kernels(args: argparse.Namespace) -> int:
-    """``bench --kernels``: the dense / masked-dense / sparse-kernel grid (:mod:`bayessparse.kernels.grid`)."""
+    """``bench --kernels``: the dense / masked-dense / sparse-kernel grid (:mod:`bayessparse.workflows.kernel_grid`)."""
     from bayessparse.files import write_json
-    from bayessparse.kernels.grid import MODELS, markdown, measure_grid
+    from bayessparse.workflows.kernel_grid import MODELS, markdown, measure_grid
 
     models = _names(args.models)
     unknown = [m for m in models if m not in MODELS]
@@ -263,7 +261,7 @@ def _check_output_file(path: Path, flag: str) -> None:
 
 
 def cmd_imp(args: argparse.Namespace) -> int:
-    from bayessparse.sparsity.imp import CONFIG, STATE, best_round, format_table, imp, resolve_settings
+    from bayessparse.workflows.imp import CONFIG, STATE, best_round, format_table, imp, resolve_settings
 
     saved = _resumed(args.out, "imp", CONFIG, STATE) if args.resume else None
     layers = _config_layers(args, saved)
@@ -284,7 +282,7 @@ def cmd_imp(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from bayessparse.evaluate import EVAL, evaluate_run, format_summary
+    from bayessparse.workflows.evaluate import EVAL, evaluate_run, format_summary
 
     record = evaluate_run(
         args.run, ood=args.ood, corruptions=args.corruptions, temperature=not args.no_temperature,
@@ -297,7 +295,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from bayessparse.export import export_run
+    from bayessparse.workflows.export import export_run
 
     info = export_run(args.run, args.out)
     print(f"{info['path']}: {info['bytes']} bytes, {info['nnz']} non-zero weights stored sparse, "
@@ -306,7 +304,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_ensemble(args: argparse.Namespace) -> int:
-    from bayessparse.ensembles import ensemble, format_report
+    from bayessparse.workflows.ensembles import ensemble, format_report
 
     cfg = resolve(*_config_layers(args))
     edst = {"explore_epochs": args.explore_epochs, "refine_epochs": args.refine_epochs, "refine_lr": args.refine_lr}
@@ -322,7 +320,7 @@ def cmd_ensemble(args: argparse.Namespace) -> int:
 
 
 def cmd_study(args: argparse.Namespace) -> int:
-    from bayessparse.study import default_spec, run_study
+    from bayessparse.workflows.study import default_spec, run_study
 
     if args.quick and args.config is not None:
         raise ConfigError("--quick and --config exclude each other (--quick is --config experiments/study_quick.yaml)")

@@ -45,7 +45,7 @@ KINDS = {
     "deep-gp": "a deep GP baseline run",
 }
 #: The files of a run folder: ``train`` writes the first four, ``evaluate`` the rest (the names of
-#: ``bayessparse.train`` and ``bayessparse.evaluate``). No output flag may name one of them.
+#: ``bayessparse.train`` and ``bayessparse.workflows.evaluate``). No output flag may name one of them.
 RUN_FILES = ("checkpoint.pt", "config.yaml", "metrics.json", "reliability.png",
              "eval.json", "reliability_temperature.png", "ood_scores.png", "corruptions.png")
 #: Files that identify a folder written before markers existed, most specific first.

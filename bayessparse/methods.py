@@ -33,15 +33,6 @@ def _sparse(cfg: TrainConfig, generator: torch.Generator) -> dict[str, Any]:
     )
 
 
-def _fused(cfg: TrainConfig, model: nn.Module) -> bool:
-    """``fused_mask`` where the fused kernel runs (CUDA with Triton); elsewhere CigL keeps the eager path."""
-    if not cfg.fused_mask:
-        return False
-    from bayessparse.kernels.fused_mask import uses_kernel
-
-    return uses_kernel(next(model.parameters()).device)
-
-
 METHODS: dict[str, MethodFactory] = {
     "dense": lambda cfg, model, g: TrainingMethod(),
     "static": lambda cfg, model, g: SparseTraining(**_sparse(cfg, g)),
@@ -49,7 +40,7 @@ METHODS: dict[str, MethodFactory] = {
     "rigl": lambda cfg, model, g: SparseTraining(**_sparse(cfg, g), grow=GradientGrow()),
     "dst-ee": lambda cfg, model, g: SparseTraining(**_sparse(cfg, g), grow=UCBGrow(c=cfg.explore_c)),
     "cigl": lambda cfg, model, g: CigL(**_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=cfg.averaging_start,
-                                       fused=_fused(cfg, model)),
+                                       fused=cfg.fused_mask),  # granted by the Sparsifier where the kernel runs
     # CigL's baselines and ablation (Lei et al. 2023, §5). RigL + weight dropout: CigL's per-step Z, no
     # averaging (the one "snapshot" is the last epoch: the deterministic p·W, BatchNorm re-estimated).
     "rigl-wdp": lambda cfg, model, g: CigL(**_sparse(cfg, g), drop_rate=cfg.drop_rate, averaging_start=1.0),

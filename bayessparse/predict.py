@@ -51,3 +51,8 @@ def predict_probs(
     """Softmax probabilities ``(N, C)`` and labels ``(N,)`` (checks as :func:`predict_logits`)."""
     logits, labels = predict_logits(model, dataset, batch_size, device)
     return logits.softmax(dim=-1), labels
+
+
+def labels_of(dataset: Dataset, batch_size: int = 1024) -> torch.Tensor:
+    """The labels ``(N,)`` of a non-empty dataset of ``(x, y)`` pairs, in order."""
+    return torch.cat([y for _, y in batches(check_dataset(dataset), batch_size)])

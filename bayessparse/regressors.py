@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from bayessparse.likelihoods import GaussianRegressor
-from bayessparse.predict import predict_logits
+from bayessparse.predict import labels_of, predict_logits
 from bayessparse.uncertainty.regression import mixture_cdf, regression_summary
 
 __all__ = ["MC_SAMPLES", "GaussianPredictions", "mc_predictions", "network_predictions", "regression_metrics"]
@@ -74,7 +74,6 @@ def mc_predictions(run: Any, model: nn.Module, dataset: Dataset, samples: int = 
                    seed: int = 0) -> GaussianPredictions:
     """The mixture over ``samples`` draws of the run's ``q(Z)`` around its evaluated ``model`` (module docstring)."""
     from bayessparse.ppl.predictive import predictive_probs  # imports pyro only when asked for
-    from bayessparse.predictors import labels_of
 
     means = predictive_probs(run, _regressor(model), dataset, samples, run.cfg.eval_batch_size, seed=seed)
     means = means[..., 0].double()
@@ -101,7 +100,7 @@ def regression_metrics(run: Any, model: nn.Module, fast: nn.Module | None = None
     start = time.perf_counter()
     test = network_predictions(fast if fast is not None else model, data.test, cfg.eval_batch_size, run.device)
     elapsed = time.perf_counter() - start
-    metrics: dict[str, Any] = {"task": "regression", **test.scores()}
+    metrics: dict[str, Any] = test.scores()
     val = network_predictions(model, data.val, cfg.eval_batch_size, run.device).scores()
     metrics.update({f"val_{k}": v for k, v in val.items()})
     metrics["noise_scale"] = float(_regressor(model).noise_scale.detach())

@@ -12,7 +12,7 @@
     sparsifier.end_of_epoch()                  # once per epoch (CigL's weight average takes snapshots)
     final = sparsifier.final_model()           # CigL: the averaged network; others: the model itself
 
-It is the trainer's own step (:func:`bayessparse.train.plain_step` runs through a
+It is the trainer's own step (:func:`bayessparse.engines.plain.plain_step` runs through a
 :class:`Sparsifier`), so a method behaves the same in ``bayessparse train`` and in your loop:
 
 * on an update step of the method's schedule (RigL's ``ΔT``) the mask moves by the step's dense
@@ -102,6 +102,17 @@ def check_sparse_setup(model: nn.Module, optimizer: Any, method_name: str) -> No
                               "(e.g. model.parameters())")
 
 
+def offer_fused_kernel(method: TrainingMethod, model: nn.Module) -> None:
+    """Grant a method that asks for the fused random mask (CigL with ``fused_mask``) the kernel of
+    :mod:`bayessparse.kernels.fused_mask`, active where it runs (CUDA with Triton); elsewhere the method keeps
+    its eager path."""
+    if not getattr(method, "wants_fused", False):
+        return
+    from bayessparse.kernels import fused_mask  # imports Triton only when asked for
+
+    method.use_fused_kernel(fused_mask, fused_mask.uses_kernel(next(model.parameters()).device))
+
+
 class Sparsifier:
     """A training method attached to a model and an optimizer; see the module docstring.
 
@@ -133,6 +144,7 @@ class Sparsifier:
         self.epoch = 0
         self._updating = False  # between before_step and after_step: whether this step is a mask update
         method.setup(model, optimizer, total_steps, self.steps_per_epoch)
+        offer_fused_kernel(method, model)
 
     @contextlib.contextmanager
     def forward(self) -> Iterator[None]:

@@ -1,14 +1,13 @@
-"""The training loop shared by every method (plain PyTorch; ``bayessparse.ppl.svi`` is its Pyro twin).
+"""The trainer: the loop shared by every method, engine and task.
 
-One step is the negative log-likelihood of a mini-batch (cross-entropy; for regression data the
-Gaussian NLL with a learned noise scale, :mod:`bayessparse.likelihoods`), SGD with (Nesterov) momentum and weight decay on
-conv / linear weights only, and a per-step learning-rate schedule (linear warm-up, then cosine
-or step decay). The method's hooks (:mod:`bayessparse.method`) decide everything sparse.
-
-``cfg.engine`` picks who takes the step: ``"plain"`` (:func:`plain_step`, the default) or
-``"pyro"`` (:class:`bayessparse.ppl.svi.PyroEngine`: one ``pyro.infer.SVI`` step on the ELBO
-whose maximisation this loop is; same method hooks, same weights for the same seed). Everything
-else -- data order, epochs, checkpoints, averaging, evaluation, the run folder -- is shared.
+The run's engine (:mod:`bayessparse.engines`, by the config's ``engine`` and ``kernels``) takes each step:
+``plain`` (the default: the task's negative log-likelihood of a mini-batch, SGD with (Nesterov) momentum and
+weight decay on conv / linear weights only, a per-step learning-rate schedule, :mod:`bayessparse.optim`),
+``pyro`` (one ``pyro.infer.SVI`` step on the ELBO whose maximisation the plain step is; same method hooks,
+same weights for the same seed) or ``sparse-kernels``. The method's hooks (:mod:`bayessparse.method`) decide
+everything sparse; the data's task (:mod:`bayessparse.tasks`) owns the network head, the loss, the scores
+and the figure. Everything else -- data order, epochs, checkpoints, averaging, evaluation, the run folder --
+is this loop's.
 
 Runs are reproducible and resumable: all randomness comes from ``cfg.seed`` (the data from
 ``cfg.data_seed``), a checkpoint is written atomically after every epoch, and a resumed run
@@ -18,7 +17,6 @@ ends bit-identical to an uninterrupted one on the same machine.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,18 +33,17 @@ from bayessparse import checkpoints, distributed
 from bayessparse import data as datasets
 from bayessparse.batches import batch_sizes, batches, inputs, num_batches
 from bayessparse.config import DEFAULTS, TrainConfig, dump_yaml, read_yaml, resolve
+from bayessparse.engines import Engine, build_engine, check_distributed
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
-from bayessparse.likelihoods import GaussianRegressor, negative_log_likelihood
+from bayessparse.kernels.inference import sparse_inference
 from bayessparse.method import TrainingMethod
 from bayessparse.methods import build_method, check_method
-from bayessparse.predict import predict_probs
 from bayessparse.rng import preserved_random_state, seed_everything
 from bayessparse.sparsifier import Sparsifier
 from bayessparse.sparsity.density import prunable_weights
-from bayessparse.uncertainty.metrics import summary
-from bayessparse.uncertainty.reliability import plot_interval_calibration, plot_reliability
+from bayessparse.tasks import Task
 from bayessparse.version import TRAINING_VERSION
 
 CHECKPOINT = "checkpoint.pt"
@@ -69,40 +66,6 @@ def load_data(cfg: TrainConfig) -> datasets.DataBundle:
     )
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with weight decay on the prunable (conv / linear) weights only, never on biases or norms."""
-    decayed = {id(p) for p in prunable_weights(model).values()}
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if id(p) in decayed], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if id(p) not in decayed], "weight_decay": 0.0},
-    ]
-    return torch.optim.SGD(
-        [g for g in groups if g["params"]],
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov and cfg.momentum > 0,
-    )
-
-
-def lr_factor(cfg: TrainConfig, steps_per_epoch: int):
-    """Multiplier of the base learning rate at step ``t``: linear warm-up, then cosine / step / constant."""
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
-    milestones = [int(m * total) for m in cfg.step_milestones]
-
-    def factor(t: int) -> float:
-        if t < warmup:
-            return (t + 1) / warmup
-        if cfg.lr_schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * (t - warmup) / max(1, total - warmup)))
-        if cfg.lr_schedule == "step":
-            return cfg.step_gamma ** sum(t >= m for m in milestones)
-        return 1.0
-
-    return factor
-
-
 def measured_density(model: nn.Module) -> float:
     """Fraction of non-zero entries over all prunable weights, counted from the weights themselves."""
     weights = list(prunable_weights(model).values())
@@ -118,16 +81,21 @@ class Run:
     data: datasets.DataBundle
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: LambdaLR
+    scheduler: LambdaLR | None  # None: the engine schedules its own learning rate (pyro)
     method: TrainingMethod
     generator: torch.Generator
     device: torch.device
     sparsifier: Sparsifier  # the method on the model and optimizer: the plain step, the epoch and step counts
+    engine: Engine  # who takes the steps (bayessparse.engines)
     train_seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
-    engine: Any = None  # None: the plain step; else an object with step(run, x, y) -> loss (cfg.engine)
     world: distributed.World = field(default_factory=distributed.World)  # the processes of a torchrun launch
     net: nn.Module | None = None  # what the plain step runs forward: the model, under DDP when distributed
+
+    @property
+    def task(self) -> Task:
+        """The data's task (:mod:`bayessparse.tasks`): the loss, the scores and the figure."""
+        return self.data.task
 
     @property
     def steps_per_epoch(self) -> int:
@@ -158,7 +126,7 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "method": self.method.state_dict(),
-            "engine": self.engine.state_dict() if self.engine is not None else None,
+            "engine": self.engine.state_dict(),
             **checkpoints.progress_state(self),
         }
 
@@ -168,8 +136,7 @@ class Run:
         if self.scheduler is not None:  # the pyro engine's optimizer schedules its own learning rate
             self.scheduler.load_state_dict(state["scheduler"])
         self.method.load_state_dict(state["method"])
-        if self.engine is not None:
-            self.engine.load_state_dict(state.get("engine") or {})
+        self.engine.load_state_dict(state.get("engine") or {})
         checkpoints.load_progress(self, state)
 
 
@@ -182,76 +149,28 @@ def build_run(cfg: TrainConfig, data: datasets.DataBundle | None = None) -> Run:
     model = build_network(cfg, data).to(device)
     generator = torch.Generator().manual_seed(cfg.seed)
     steps_per_epoch = num_batches(data.train, cfg.batch_size)
-    engine = None
-    if cfg.engine == "pyro":
-        from bayessparse.ppl.svi import PyroEngine  # imports pyro only when asked for
-
-        engine = PyroEngine(cfg, model, len(data.train), lr_factor(cfg, steps_per_epoch))
-        optimizer, scheduler = engine.optimizer, None
-    else:
-        if cfg.kernels != "dense":
-            from bayessparse.kernels.engine import SparseKernelEngine
-
-            engine = SparseKernelEngine(cfg, model)
-        optimizer = make_optimizer(model, cfg)
-        scheduler = LambdaLR(optimizer, lr_factor(cfg, steps_per_epoch))
+    engine = build_engine(cfg, model, len(data.train), steps_per_epoch)
     method = build_method(cfg, model, generator)
-    if data.task == "regression" and not method.regression:
-        raise ConfigError(f"method {cfg.method!r} predicts classes only; {cfg.data!r} is a regression dataset")
-    sparsifier = Sparsifier(model, optimizer, method, cfg.epochs * steps_per_epoch, steps_per_epoch)
-    if engine is not None:
-        engine.bind(method)
+    data.task.check_method(method, cfg.method, cfg.data)
+    sparsifier = Sparsifier(model, engine.optimizer, method, cfg.epochs * steps_per_epoch, steps_per_epoch)
+    engine.bind(method)
     world = distributed.world()
-    if world.distributed and (cfg.engine != "plain" or cfg.kernels != "dense"):
-        wrong = {"the plain engine": f"engine {cfg.engine!r}"} if cfg.engine != "plain" else {}
-        wrong.update({"kernels 'dense'": f"kernels {cfg.kernels!r}"} if cfg.kernels != "dense" else {})
-        raise ConfigError(f"a run on {world.size} processes takes {' and '.join(wrong)}, "
-                          f"not {' and '.join(wrong.values())}")
-    return Run(cfg, data, model, optimizer, scheduler, method, generator, device, sparsifier, engine=engine,
+    check_distributed(cfg, engine, world.size)
+    return Run(cfg, data, model, engine.optimizer, engine.scheduler, method, generator, device, sparsifier, engine,
                world=world, net=distributed.wrap(model, device))
 
 
 def build_network(cfg: TrainConfig, data: datasets.DataBundle) -> nn.Module:
-    """The run's network (:func:`models.build`); for regression data a one-output network inside a
-    :class:`~bayessparse.likelihoods.GaussianRegressor`, which learns the noise scale with it."""
-    net = models.build(cfg.model, data.num_classes, data.input_shape, width=cfg.width)
-    return GaussianRegressor(net) if data.task == "regression" else net
-
-
-def is_regression(run: Run) -> bool:
-    return run.data.task == "regression"
+    """The run's network (:func:`models.build`) inside its task's head (:meth:`bayessparse.tasks.Task.network`:
+    for regression data a one-output network in a :class:`~bayessparse.likelihoods.GaussianRegressor`, which
+    learns the noise scale with it)."""
+    return data.task.network(models.build(cfg.model, data.num_classes, data.input_shape, width=cfg.width))
 
 
 def train_step(run: Run, x: torch.Tensor, y: torch.Tensor, total: int | None = None) -> float:
     """One step of the shared algorithm, by the run's engine; returns the mini-batch loss. ``total``: the
     global batch's size when ``(x, y)`` is this process's part of it (a distributed run, plain engine)."""
-    if run.engine is None:
-        return plain_step(run, x, y, total)
-    return run.engine.step(run, x, y)
-
-
-def plain_step(run: Run, x: torch.Tensor, y: torch.Tensor, total: int | None = None) -> float:
-    """The plain PyTorch step, as a user's loop takes it with the drop-in API
-    (:mod:`bayessparse.sparsifier`): the negative log-likelihood and its backward pass inside the
-    method's forward context, then the sparsifier's step (SGD under the mask, or a structure update)
-    and the lr schedule."""
-    run.optimizer.zero_grad(set_to_none=True)
-    with run.sparsifier.forward():
-        out = (run.net or run.model)(x)
-        # a rank whose part of a short last batch is empty still joins the gradient all-reduce
-        loss = negative_log_likelihood(run.model, out, y) if len(y) else out.sum() * 0.0
-        if run.world.distributed:  # this rank's share of the global batch (no extra op in one process)
-            (loss * distributed.loss_weight(len(y), total or len(y), run.world)).backward()
-        else:
-            loss.backward()
-    value = loss.item()
-    if not math.isfinite(value):
-        raise TrainingDiverged(f"loss became {value} at epoch {run.epoch + 1}, step {run.step}")
-    step = run.step
-    if run.sparsifier.step() is not None and run.world.distributed:
-        distributed.check_same_masks(run.sparsifier.masks, step, run.world, run.device)
-    run.scheduler.step()
-    return value
+    return run.engine.step(run, x, y, total)
 
 
 def check_finite(run: Run) -> None:
@@ -280,28 +199,11 @@ def train_epoch(run: Run, progress: bool) -> float:
 
 
 def validation_scores(run: Run, model: nn.Module) -> dict[str, float]:
-    """Validation metrics of ``model`` (classification: :func:`summary`; regression: RMSE, NLL, coverage);
-    non-finite outputs (finite weights too large for the forward pass) are a divergence, and so is a
-    regression head's noise scale whose square is not a finite positive number."""
-    if is_regression(run):
-        from bayessparse.regressors import network_predictions
-
-        predictions = network_predictions(model, run.data.val, run.cfg.eval_batch_size, run.device)
-        _check_outputs(run, predictions.means, "outputs")
-        _check_outputs(run, predictions.variances, "noise scale", positive=True)
-        return predictions.scores()
-    probs, labels = predict_probs(model, run.data.val, run.cfg.eval_batch_size, run.device)
-    _check_outputs(run, probs)
-    return summary(probs, labels, n_bins=run.cfg.ece_bins)
-
-
-def _check_outputs(run: Run, outputs: torch.Tensor, what: str = "outputs", positive: bool = False) -> None:
-    """A divergence when ``outputs`` hold a NaN or infinity (with ``positive``, also a zero: a regression
-    head's predictive variance ``s²`` that overflowed or underflowed although ``log s`` is finite)."""
-    bad = not bool(torch.isfinite(outputs).all()) or (positive and not bool((outputs > 0).all()))
-    if bad:
-        kind = "non-finite or zero" if positive else "non-finite"
-        raise TrainingDiverged(f"the network's {what} became {kind} at epoch {run.epoch}, step {run.step}")
+    """Validation scores of ``model`` (:meth:`bayessparse.tasks.Task.validation_scores`); non-finite outputs
+    (finite weights too large for the forward pass) are a divergence, and so is a regression head's noise
+    scale whose square is not a finite positive number."""
+    return run.task.validation_scores(model, run.data.val, run.cfg.eval_batch_size, run.device, run.cfg.ece_bins,
+                                      where=f"epoch {run.epoch}, step {run.step}")
 
 
 def recalibrate_batchnorm(run: Run, model: nn.Module) -> None:
@@ -326,7 +228,7 @@ def fit(run: Run, checkpoint: Path | None = None, progress: bool = True) -> nn.M
         except TrainingDiverged as exc:
             kept = f"the checkpoint of epoch {saved} is kept" if saved and checkpoint else "nothing was saved"
             raise TrainingDiverged(f"{exc}; {kept}") from None
-        score = "rmse" if is_regression(run) else "accuracy"
+        score = run.task.score
         run.history.append({"epoch": run.epoch, "train_loss": loss, f"val_{score}": val[score], "val_nll": val["nll"]})
         epochs.set_postfix(loss=f"{loss:.3f}", **{f"val_{score[:4]}": f"{val[score]:.3f}"})
         if checkpoint is not None:
@@ -340,23 +242,14 @@ def inference_model(run: Run, model: nn.Module) -> nn.Module:
     same predictions within float rounding); else ``model`` itself."""
     if run.cfg.kernels == "dense":
         return model
-    from bayessparse.kernels.inference import sparse_inference
-
     return sparse_inference(model)
 
 
 def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], Any]:
-    """Test-set metrics of ``model`` plus the run's identity; also returns what the run's reliability
-    diagram is drawn from: ``(probs, labels)``, or for regression the test
-    :class:`~bayessparse.regressors.GaussianPredictions`."""
+    """Test-set metrics of ``model`` plus the run's identity; also returns the test predictions the run's
+    figure is drawn from (:meth:`bayessparse.tasks.Task.test_metrics`)."""
     cfg = run.cfg
-    fast = inference_model(run, model)
-    if is_regression(run):
-        from bayessparse.regressors import regression_metrics
-
-        metrics, predictions = regression_metrics(run, model, fast)
-    else:
-        metrics, predictions = _classification_metrics(run, fast)
+    metrics, predictions = run.task.test_metrics(run, model, inference_model(run, model))
     metrics.update(
         density=measured_density(model),
         parameters=sum(int(torch.count_nonzero(p)) for p in model.parameters()),  # non-zero ones
@@ -371,18 +264,6 @@ def evaluate_model(run: Run, model: nn.Module) -> tuple[dict[str, Any], Any]:
         training_version=TRAINING_VERSION,
     )
     return metrics, predictions
-
-
-def _classification_metrics(run: Run, fast: nn.Module) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor]]:
-    cfg = run.cfg
-    start = time.perf_counter()
-    probs, labels = predict_probs(fast, run.data.test, cfg.eval_batch_size, run.device)
-    inference_ms = 1000 * (time.perf_counter() - start) / len(labels)
-    metrics: dict[str, Any] = summary(probs, labels, n_bins=cfg.ece_bins)
-    val = summary(*predict_probs(fast, run.data.val, cfg.eval_batch_size, run.device), n_bins=cfg.ece_bins)
-    metrics.update({f"val_{k}": v for k, v in val.items()},
-                   inference_ms_per_example=inference_ms)  # the test set, batches of eval_batch_size
-    return metrics, (probs, labels)
 
 
 def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
@@ -479,10 +360,7 @@ def train(cfg: TrainConfig, out: str | Path, *, resume: bool = False, progress: 
         if not main:
             return metrics
         save_torch(out / CHECKPOINT, {**run.state_dict(), "final_model": final.state_dict()})
-        title = f"{cfg.method} on {cfg.data}"
-        if is_regression(run):
-            plot_interval_calibration({cfg.method: predictions.pit()}, out / RELIABILITY, title=title)
-        else:
-            plot_reliability(*predictions, out / RELIABILITY, n_bins=cfg.ece_bins, title=title)
+        run.task.plot({cfg.method: predictions}, out / RELIABILITY, title=f"{cfg.method} on {cfg.data}",
+                      n_bins=cfg.ece_bins)
         write_json(out / METRICS, metrics)
     return metrics

@@ -1,7 +1,7 @@
 """Step-time ratio of the Pyro SVI engine to the plain training loop (``--engine pyro`` / ``--engine plain``).
 
 For each architecture and method, a plain and a pyro run are built from the same config on the
-same random batch (``bayessparse.bench``'s setups: the MNIST-1D CNN at batch 128, a CIFAR
+same random batch (``bayessparse.workflows.bench``'s setups: the MNIST-1D CNN at batch 128, a CIFAR
 ResNet-18 on random CIFAR-shaped batches of 32) and their steps are timed in alternating rounds
 (order shuffled each round), so that drift of a shared machine hits both alike; the reported
 ratio is the median over rounds of the per-round ratio. Mask updates are off (they are the same
@@ -28,7 +28,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 
-from bayessparse.bench import SETUPS, random_bundle, time_steps
+from bayessparse.workflows.bench import SETUPS, random_bundle, time_steps
 from bayessparse.config import resolve
 from bayessparse.train import Run, build_run
 

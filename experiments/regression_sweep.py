@@ -1,4 +1,4 @@
-"""The sweep behind compare's regression defaults (``bayessparse.compare.REGRESSION_DEFAULTS``).
+"""The sweep behind compare's regression defaults (``bayessparse.workflows.compare.REGRESSION_DEFAULTS``).
 
 RigL and CigL at 90 % sparsity on ``diabetes`` (an MLP, batches of 32, 100 epochs), over width,
 weight decay and learning rate, three seeds each. The choice rule: the lowest validation NLL,

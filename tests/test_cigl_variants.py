@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from bayessparse.config import resolve
-from bayessparse.ensembles import EDSTPlan, ensemble
+from bayessparse.workflows.ensembles import EDSTPlan, ensemble
 from bayessparse.errors import ConfigError
 from bayessparse.predict import predict_probs
 from bayessparse.sparsity.density import prunable_weights

@@ -92,7 +92,7 @@ def test_compare_tabulates_what_exists(tmp_path, capsys):
 
 
 def test_compare_temperature_row_reuses_the_runs_and_keeps_accuracy(tmp_path, capsys):
-    from bayessparse.predictors import labels_of, model_predictor
+    from bayessparse.workflows.predictors import labels_of, model_predictor
     from bayessparse.train import load_finished
     from bayessparse.uncertainty.temperature import fit_temperature
 

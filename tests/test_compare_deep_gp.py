@@ -139,7 +139,7 @@ def test_a_field_compare_sets_is_refused_naming_its_flag(tmp_path):
     ("method", "dspp", "DGP and DSPP"),
 ])
 def test_every_field_compare_sets_is_refused_before_any_training(tmp_path, field, value, source):
-    from bayessparse.compare import REGRESSION_DEFAULTS, compare
+    from bayessparse.workflows.compare import REGRESSION_DEFAULTS, compare
     from bayessparse.config import resolve
 
     base = resolve(REGRESSION_DEFAULTS, {"data": "diabetes", "epochs": 1})

@@ -313,7 +313,7 @@ def test_compare_launches_its_runs_on_several_processes(tmp_path):
 
 def test_the_study_checks_its_process_count_before_anything(tmp_path):
     from bayessparse.errors import ConfigError
-    from bayessparse.study import default_spec, run_study
+    from bayessparse.workflows.study import default_spec, run_study
 
     with pytest.raises(ConfigError, match="--processes"):
         run_study(default_spec(quick=True), tmp_path / "study", processes=0)

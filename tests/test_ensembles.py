@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import bayessparse.ensembles as ens
+import bayessparse.workflows.ensembles as ens
 from bayessparse.batches import batches
 from bayessparse.cli import main
-from bayessparse.compare import parse_entry
+from bayessparse.workflows.compare import parse_entry
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch

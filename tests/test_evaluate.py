@@ -17,7 +17,7 @@ from bayessparse.cli import main
 from bayessparse.config import resolve
 from bayessparse.data.corruptions import CORRUPTIONS, SEVERITIES
 from bayessparse.errors import ConfigError
-from bayessparse.evaluate import EVAL, calibration_summary, evaluate_run, format_summary, pareto_k_counts
+from bayessparse.workflows.evaluate import EVAL, calibration_summary, evaluate_run, format_summary, pareto_k_counts
 from bayessparse.predict import predict_probs
 from bayessparse.train import load_finished, train
 from bayessparse.uncertainty.ood import ood_metrics

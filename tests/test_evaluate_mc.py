@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from bayessparse.cli import main
 from bayessparse.config import resolve
-from bayessparse.evaluate import evaluate_run
+from bayessparse.workflows.evaluate import evaluate_run
 from bayessparse.ppl.predictive import predictive_probs
 from bayessparse.train import load_finished, train
 from bayessparse.uncertainty.metrics import summary

@@ -18,7 +18,7 @@ from safetensors.torch import save
 
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
-from bayessparse.export import FORMAT, export_bytes, export_run, load_export
+from bayessparse.workflows.export import FORMAT, export_bytes, export_run, load_export
 from bayessparse.files import TEMPORARY
 from bayessparse.folders import LOCK, MARKER, exclusive
 from bayessparse.kernels.inference import CSRLinear
@@ -284,7 +284,7 @@ CRAFTED = textwrap.dedent("""
     import torch
     from safetensors.torch import save
     from bayessparse.errors import ConfigError
-    from bayessparse.export import FORMAT, FORMAT_VERSION, load_export
+    from bayessparse.workflows.export import FORMAT, FORMAT_VERSION, load_export
     from bayessparse.sparsity.density import prunable_weights
     import models
 

@@ -18,7 +18,7 @@ from bayessparse.batches import batches, inputs, num_batches
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
 from bayessparse.predict import predict_logits, predict_probs
-from bayessparse.predictors import ensemble_predictor, labels_of, scorecard
+from bayessparse.workflows.predictors import ensemble_predictor, labels_of, scorecard
 from bayessparse.uncertainty import metrics as M
 from bayessparse.uncertainty import ood as O
 

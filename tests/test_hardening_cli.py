@@ -22,10 +22,10 @@ import torch
 import yaml
 
 from bayessparse.config import resolve
-from bayessparse.ensembles import ensemble
+from bayessparse.workflows.ensembles import ensemble
 from bayessparse.files import TEMPORARY, load_torch, save_torch
 from bayessparse.folders import MARKER
-from bayessparse.sparsity.imp import IMPSettings, imp
+from bayessparse.workflows.imp import IMPSettings, imp
 from bayessparse.train import train
 
 RUN = ["--data", "digits", "--model", "mlp", "--epochs", "1"]
@@ -325,13 +325,13 @@ def test_sigterm_stops_training_like_ctrl_c(tmp_path):
 
 
 def test_an_interrupted_evaluate_does_not_suggest_resume(monkeypatch, capsys, run_copy):
-    import bayessparse.evaluate
+    import bayessparse.workflows.evaluate
     from bayessparse.cli import main
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bayessparse.evaluate, "evaluate_run", interrupted)
+    monkeypatch.setattr(bayessparse.workflows.evaluate, "evaluate_run", interrupted)
     assert main(["evaluate", str(run_copy)]) == 130
     assert capsys.readouterr().err == "bayessparse: interrupted\n"
 

@@ -1,4 +1,4 @@
-"""Iterative magnitude pruning with rewinding (bayessparse.sparsity.imp) and the `bayessparse imp` command."""
+"""Iterative magnitude pruning with rewinding (bayessparse.workflows.imp) and the `bayessparse imp` command."""
 
 import json
 import math
@@ -14,7 +14,7 @@ from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
 from bayessparse.files import load_torch
 from bayessparse.sparsity.density import prunable_weights
-from bayessparse.sparsity.imp import (
+from bayessparse.workflows.imp import (
     IMPSettings,
     _train,
     dense_masks,
@@ -284,7 +284,7 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, f
 def test_imp_refuses_the_pyro_engine(tmp_path):
     from bayessparse.config import resolve
     from bayessparse.errors import ConfigError
-    from bayessparse.sparsity.imp import IMPSettings, imp
+    from bayessparse.workflows.imp import IMPSettings, imp
 
     with pytest.raises(ConfigError, match="plain engine only"):
         imp(resolve({"data": "digits", "model": "mlp", "engine": "pyro", "epochs": 1}), tmp_path / "x", IMPSettings(rounds=1))

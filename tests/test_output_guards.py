@@ -87,7 +87,8 @@ def test_a_run_file_is_recognised_in_any_run_folder_and_other_folders_keep_their
     assert own_file(plain / "checkpoint.pt", folder=plain) == plain.resolve() / "checkpoint.pt"
     assert own_file(plain / MARKER) == plain.resolve() / MARKER
     assert own_file(run_copy / "model.safetensors") is None
-    from bayessparse import evaluate, train
+    from bayessparse import train
+    from bayessparse.workflows import evaluate
     from bayessparse.baselines import gp_training
 
     written = {train.CHECKPOINT, train.CONFIG, train.METRICS, train.RELIABILITY, gp_training.CHECKPOINT,

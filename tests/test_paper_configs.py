@@ -30,11 +30,12 @@ from bayessparse import cli
 from bayessparse.config import TrainConfig, read_yaml, resolve
 from bayessparse.data.bundle import DataBundle
 from bayessparse.data.cifar import INPUT_SHAPE, SPECS, VAL_SIZE
-from bayessparse.ensembles import EDSTPlan, edst_lr_factor
+from bayessparse.workflows.ensembles import EDSTPlan, edst_lr_factor
 from bayessparse.errors import ConfigError
 from bayessparse.methods import check_method
 from bayessparse.sparsity.density import prunable_weights
-from bayessparse.train import build_run, lr_factor, measured_density, train_step
+from bayessparse.optim import lr_factor
+from bayessparse.train import build_run, measured_density, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("cifar*.yaml"))

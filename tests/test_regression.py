@@ -183,7 +183,7 @@ def test_the_train_command_prints_the_regression_scores(tmp_path):
 def test_methods_and_workflows_that_need_classes_refuse_regression_data(tmp_path):
     with pytest.raises(ConfigError, match="predicts classes only"):
         build_run(resolve(SMALL, {"method": "cigl-pa"}))
-    from bayessparse.ensembles import ensemble
+    from bayessparse.workflows.ensembles import ensemble
 
     with pytest.raises(ConfigError, match="regression dataset"):
         ensemble(resolve(SMALL, {"method": "rigl"}), "dst", 2, tmp_path / "ens", progress=False)

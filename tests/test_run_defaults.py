@@ -98,8 +98,8 @@ def test_a_checkpoint_of_another_training_version_is_not_continued(tmp_path):
     from bayessparse.config import resolve
     from bayessparse.errors import ConfigError
     from bayessparse.files import load_torch, save_torch
-    from bayessparse.study.cells import Cell
-    from bayessparse.study.stale import recorded_versions
+    from bayessparse.workflows.study.cells import Cell
+    from bayessparse.workflows.study.stale import recorded_versions
     from bayessparse.train import train
     from bayessparse.version import TRAINING_VERSION
 

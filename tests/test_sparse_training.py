@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch
-from bayessparse.kernels.engine import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, pays
+from bayessparse.engines.sparse_kernels import AUTO_MAX_DENSITY, AUTO_MIN_WEIGHTS, pays
 from bayessparse.kernels.sparse_linear import SparseStructure, sparse_linear
 from bayessparse.train import build_run, train, train_epoch
 

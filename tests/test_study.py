@@ -12,9 +12,9 @@ from bayessparse.config import resolve
 from bayessparse.errors import ConfigError
 from bayessparse.folders import LOCK
 from bayessparse.stats import interval
-from bayessparse.study import _locked, run_study
-from bayessparse.study.cells import folder_for
-from bayessparse.study.spec import read_spec
+from bayessparse.workflows.study import _locked, run_study
+from bayessparse.workflows.study.cells import folder_for
+from bayessparse.workflows.study.spec import read_spec
 
 TINY = """
 seeds: [0, 1]

@@ -9,10 +9,10 @@ import yaml
 
 from bayessparse.errors import ConfigError
 from bayessparse.stats import interval, paired_difference
-from bayessparse.study.cells import SCORES, Cell, check_cells, gp_folder_for, score
-from bayessparse.study.plan import calibration_cells, deep_gp_cells, plan
-from bayessparse.study.report import Report, deep_gp_section
-from bayessparse.study.spec import read_spec
+from bayessparse.workflows.study.cells import SCORES, Cell, check_cells, gp_folder_for, score
+from bayessparse.workflows.study.plan import calibration_cells, deep_gp_cells, plan
+from bayessparse.workflows.study.report import Report, deep_gp_section
+from bayessparse.workflows.study.spec import read_spec
 
 SPEC = """
 seeds: [0, 1, 2]
@@ -416,7 +416,7 @@ def test_no_section_without_the_spec_field(tmp_path):
 @pytest.mark.slow
 def test_the_study_trains_the_section_end_to_end(tmp_path):
     """Tiny real trainings: networks and deep GPs on digits and diabetes, the report from their metrics."""
-    from bayessparse.study import run_study
+    from bayessparse.workflows.study import run_study
 
     text = (SPEC.replace("seeds: [0, 1, 2]", "seeds: [0, 1]").replace("sparsities: [0.9, 0.95]", "sparsities: [0.9]")
             .replace("rows: [rigl, cigl]\ndeep_gp", "rows: [dense, rigl, cigl]\ndeep_gp"))

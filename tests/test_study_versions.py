@@ -10,10 +10,10 @@ import pytest
 from bayessparse.cli import main
 from bayessparse.errors import ConfigError
 from bayessparse.folders import LOCK, exclusive
-from bayessparse.study import run_study
-from bayessparse.study.cells import SCORES, Cell
-from bayessparse.study.records import records_text
-from bayessparse.study.stale import remove_unit, scan
+from bayessparse.workflows.study import run_study
+from bayessparse.workflows.study.cells import SCORES, Cell
+from bayessparse.workflows.study.records import records_text
+from bayessparse.workflows.study.stale import remove_unit, scan
 from bayessparse.version import TRAINING_VERSION
 
 V = TRAINING_VERSION

@@ -10,12 +10,13 @@ import pytest
 import torch
 import yaml
 
-import bayessparse.train as train_module
 from bayessparse.config import resolve
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch
 from bayessparse.folders import LOCK, MARKER
-from bayessparse.train import build_run, lr_factor, measured_density, train
+from bayessparse.optim import lr_factor
+from bayessparse.tasks import Classification
+from bayessparse.train import build_run, measured_density, train
 
 FAST = {"data": "digits", "model": "mlp", "epochs": 3, "batch_size": 64, "lr": 0.05}
 
@@ -79,15 +80,15 @@ def test_resume_rejects_a_different_config(tmp_path):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     calls = {"n": 0}
-    real = train_module.negative_log_likelihood
+    real = Classification.loss
     steps_per_epoch = 17  # digits: 1078 training examples / 64
 
-    def poisoned(model, logits, target):
+    def poisoned(task, model, logits, target):
         calls["n"] += 1
-        loss = real(model, logits, target)
+        loss = real(task, model, logits, target)
         return loss * float("nan") if calls["n"] > steps_per_epoch + 3 else loss
 
-    monkeypatch.setattr(train_module, "negative_log_likelihood", poisoned)
+    monkeypatch.setattr(Classification, "loss", poisoned)
     out = tmp_path / "run"
     with pytest.raises(TrainingDiverged, match="loss became nan at epoch 2"):
         train(resolve(FAST), out, progress=False)

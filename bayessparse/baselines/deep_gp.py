@@ -31,11 +31,13 @@ layer's Gaussian marginals are pushed through ``Q`` learned sigma points, the ou
 
 from __future__ import annotations
 
+from typing import Callable
+
 import gpytorch
 import torch
 from gpytorch.distributions import MultivariateNormal
 from gpytorch.kernels import RBFKernel, ScaleKernel
-from gpytorch.likelihoods import GaussianLikelihood, SoftmaxLikelihood
+from gpytorch.likelihoods import GaussianLikelihood, Likelihood, SoftmaxLikelihood
 from gpytorch.means import ConstantMean, LinearMean, Mean
 from gpytorch.mlls import DeepApproximateMLL, DeepPredictiveLogLikelihood, VariationalELBO
 from gpytorch.models.deep_gps import DeepGP, DeepGPLayer
@@ -45,6 +47,7 @@ from torch import Tensor
 from torch.distributions import Categorical
 
 from bayessparse.baselines.kmeans import kmeans
+from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
 
 __all__ = ["MixedSoftmaxLikelihood", "TwoLayerDGP", "TwoLayerDSPP", "build_model", "objective", "pca_projection"]
 
@@ -146,7 +149,7 @@ def build_model(
     method: str,
     x: Tensor,
     num_classes: int,
-    task: str,
+    task: Task | str,
     *,
     hidden_dims: int,
     num_inducing: int,
@@ -154,19 +157,30 @@ def build_model(
     generator: torch.Generator,
 ) -> TwoLayerDGP | TwoLayerDSPP:
     """A two-layer ``"dgp"`` or ``"dspp"`` initialised from the training inputs ``x`` ``(N, D)`` (see the module
-    docstring); parameters other than the inducing points and the hidden mean draw from the global torch RNG."""
+    docstring) for ``task`` (:mod:`bayessparse.tasks`, or its name); parameters other than the inducing points and
+    the hidden mean draw from the global torch RNG."""
     centres = kmeans(x, num_inducing, generator)
     weight, bias = pca_projection(x, hidden_dims)
-    latent = hidden_dims if task == "classification" else None
+    latent, make_likelihood = _HEADS[task]
     inner = centres @ weight.T + bias
     if method == "dspp":
         hidden = SigmaPointLayer(centres, hidden_dims, _linear_mean(weight, bias), num_quad_sites)
+        latent = latent(hidden_dims)
         output = SigmaPointLayer(inner, latent, _constant_mean(latent), num_quad_sites)
     else:
         hidden = DGPLayer(centres, hidden_dims, _linear_mean(weight, bias))
+        latent = latent(hidden_dims)
         output = DGPLayer(inner, latent, _constant_mean(latent))
-    likelihood = MixedSoftmaxLikelihood(hidden_dims, num_classes) if task == "classification" else GaussianLikelihood()
+    likelihood = make_likelihood(hidden_dims, num_classes)
     return (TwoLayerDSPP if method == "dspp" else TwoLayerDGP)(hidden, output, likelihood)
+
+
+#: the output layer and likelihood of each task (:mod:`bayessparse.tasks`): the number of latent output GPs
+#: (``None``: one, unbatched) from the hidden width, and the likelihood from the hidden width and the classes
+_HEADS: dict[Task, tuple[Callable[[int], int | None], Callable[[int, int], Likelihood]]] = {
+    CLASSIFICATION: (lambda hidden: hidden, lambda hidden, classes: MixedSoftmaxLikelihood(hidden, classes)),
+    REGRESSION: (lambda hidden: None, lambda hidden, classes: GaussianLikelihood()),
+}
 
 
 def _constant_mean(output_dims: int | None) -> ConstantMean:

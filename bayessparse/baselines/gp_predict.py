@@ -29,14 +29,20 @@ from torch.utils.data import Dataset
 from bayessparse.baselines.deep_gp import MixedSoftmaxLikelihood, TwoLayerDGP, TwoLayerDSPP
 from bayessparse.batches import batches, check_batch_size
 from bayessparse.predict import check_dataset
+from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
 from bayessparse.uncertainty.regression import mixture_moments
 
 GPModel = TwoLayerDGP | TwoLayerDSPP
 
 
-def task_of(model: GPModel) -> str:
-    """``"classification"`` for a softmax likelihood, ``"regression"`` for a Gaussian one."""
-    return "classification" if isinstance(model.likelihood, MixedSoftmaxLikelihood) else "regression"
+def classifies(model: GPModel) -> bool:
+    """Whether ``model`` predicts classes (a softmax likelihood; else a Gaussian one: regression)."""
+    return isinstance(model.likelihood, MixedSoftmaxLikelihood)
+
+
+def task_of(model: GPModel) -> Task:
+    """The task of ``model`` (:mod:`bayessparse.tasks`), by its likelihood."""
+    return CLASSIFICATION if classifies(model) else REGRESSION
 
 
 def mixture(model: GPModel, x: Tensor, samples: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -85,14 +91,14 @@ def predict(model: GPModel, dataset: Dataset, *, samples: int, batch_size: int, 
                     parts.setdefault(key, []).append(value)
     finally:
         model.train(was_training)
-    if task_of(model) == "classification":
+    if classifies(model):
         return {"probs": torch.cat(parts["probs"]), "labels": torch.cat(parts["labels"])}
     return {"means": torch.cat(parts["means"], dim=1), "variances": torch.cat(parts["variances"], dim=1),
             "log_weights": parts["log_weights"][0], "targets": torch.cat(parts["targets"])}
 
 
 def _batch(model: GPModel, x: Tensor, y: Tensor, samples: int) -> dict[str, Tensor]:
-    if task_of(model) == "classification":
+    if classifies(model):
         return {"probs": class_probs(model, x, samples), "labels": y}
     means, variances, log_w = regression_mixture(model, x, samples)
     return {"means": means, "variances": variances, "log_weights": log_w, "targets": y}
@@ -115,7 +121,7 @@ class DeepGPPredictor:
 
     def __call__(self, dataset: Dataset) -> Tensor | tuple[Tensor, Tensor]:
         out = self.predict(dataset)
-        if self.task == "classification":
+        if classifies(self.model):
             return out["probs"]
         mean, variance = mixture_moments(out["means"], out["variances"], out["log_weights"])
         return mean.float(), variance.float()

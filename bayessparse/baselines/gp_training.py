@@ -51,8 +51,6 @@ from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.version import TRAINING_VERSION
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.rng import preserved_random_state, seed_everything
-from bayessparse.uncertainty.metrics import summary
-from bayessparse.uncertainty.regression import regression_summary
 
 KIND = "deep-gp"
 CHECKPOINT = "checkpoint.pt"
@@ -200,9 +198,8 @@ def scores(run: GPRun, dataset: torch.utils.data.Dataset) -> tuple[dict[str, flo
                       seed=run.cfg.seed)
     if not all(bool(torch.isfinite(value).all()) for value in out.values() if value.is_floating_point()):
         raise TrainingDiverged(f"the deep GP's predictive became non-finite at epoch {run.epoch}, step {run.step}")
-    if run.data.task == "classification":
-        return summary(out["probs"], out["labels"], n_bins=run.cfg.ece_bins), out
-    return regression_summary(out["means"], out["variances"], out["targets"], out["log_weights"]), out
+    task = run.data.task
+    return task.scores(task.gp_predictions(out), run.cfg.ece_bins), out
 
 
 def fit(run: GPRun, checkpoint: Path | None = None, progress: bool = True) -> None:
@@ -299,11 +296,10 @@ def train_deep_gp(cfg: DeepGPConfig, out: str | Path, *, resume: bool = False, p
             raise TrainingDiverged(f"{exc}; the checkpoint of epoch {run.epoch} is kept") from None
         metrics["training_version"] = TRAINING_VERSION
         save_torch(out / CHECKPOINT, {**run.state_dict(), "finished": True})
-        if run.data.task == "classification":
-            from bayessparse.uncertainty.reliability import plot_reliability
-
-            plot_reliability(predictions["probs"], predictions["labels"], out / RELIABILITY, n_bins=cfg.ece_bins,
-                             title=f"{cfg.method} on {cfg.data}")
+        task = run.data.task
+        if task.predicts_classes:  # a classifier's reliability diagram (the run-folder contract above)
+            task.plot({cfg.method: task.gp_predictions(predictions)}, out / RELIABILITY,
+                      title=f"{cfg.method} on {cfg.data}", n_bins=cfg.ece_bins)
         write_json(out / METRICS, metrics)
     return metrics
 

@@ -20,8 +20,9 @@ from bayessparse.data.mnist1d import load_mnist1d
 from bayessparse.data.sklearn_sets import load_breast_cancer, load_diabetes, load_digits, load_wine
 from bayessparse.data.synthetic import load_synthetic
 from bayessparse.errors import ConfigError
+from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
 
-__all__ = ["DATASETS", "DataBundle", "REGRESSION", "load", "require_classification", "task_of"]
+__all__ = ["DATASETS", "DataBundle", "TASKS", "load", "require_classification", "task_of"]
 
 #: name -> loader; every loader takes the keyword arguments of :func:`load` except ``name``.
 DATASETS: dict[str, Callable[..., DataBundle]] = {
@@ -29,25 +30,24 @@ DATASETS: dict[str, Callable[..., DataBundle]] = {
     "digits": load_digits,
     "breast_cancer": load_breast_cancer,
     "wine": load_wine,
-    "diabetes": load_diabetes,  # regression: float targets, DataBundle.task == "regression"
+    "diabetes": load_diabetes,  # regression: float targets, DataBundle.task is tasks.REGRESSION
     "synthetic": load_synthetic,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
 }
 
-#: The regression datasets (``DataBundle.task == "regression"``); every other one is a classification set.
-REGRESSION = ("diabetes",)
+#: The task of each dataset that is not a classification set (:mod:`bayessparse.tasks`; ``DataBundle.task``).
+TASKS: dict[str, Task] = {"diabetes": REGRESSION}
 
 
-def task_of(name: str) -> str:
-    """``"regression"`` or ``"classification"``: the task of dataset ``name``, without loading it."""
-    return "regression" if name in REGRESSION else "classification"
+def task_of(name: str) -> Task:
+    """The task of dataset ``name`` (:mod:`bayessparse.tasks`), without loading it."""
+    return TASKS.get(name, CLASSIFICATION)
 
 
 def require_classification(name: str, what: str) -> None:
-    """A ConfigError naming ``what`` (e.g. ``"evaluate"``) when dataset ``name`` is a regression set."""
-    if task_of(name) == "regression":
-        raise ConfigError(f"{what} works on classification data; {name!r} is a regression dataset")
+    """A ConfigError naming ``what`` (e.g. ``"IMP"``) when dataset ``name`` has no class probabilities."""
+    task_of(name).require_classes(what, name)
 
 
 def load(

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from bayessparse.tasks import CLASSIFICATION, Task, named
+
 
 @dataclass(frozen=True)
 class DataBundle:
@@ -26,8 +28,9 @@ class DataBundle:
             :func:`bayessparse.data.noise.noisy_label_posterior`); ``None`` elsewhere.
         train_eval: CIFAR only: the same examples as ``train`` without augmentation (BatchNorm
             re-estimation, train metrics); ``None`` for embedded datasets, whose ``train`` has none.
-        task: ``"classification"`` (integer labels in ``[0, K)``) or ``"regression"`` (float32 targets of
-            shape ``(N,)``, see :func:`regression_dataset`; ``num_classes`` is 1).
+        task: what the data ask a network to predict (:mod:`bayessparse.tasks`): :data:`~bayessparse.tasks.CLASSIFICATION`
+            (integer labels in ``[0, K)``) or :data:`~bayessparse.tasks.REGRESSION` (float32 targets of shape
+            ``(N,)``, see :func:`regression_dataset`; ``num_classes`` is 1).
     """
 
     name: str
@@ -38,7 +41,10 @@ class DataBundle:
     input_shape: tuple[int, ...]
     true_probs: dict[str, torch.Tensor] | None = None
     train_eval: Dataset | None = None
-    task: str = "classification"
+    task: Task = CLASSIFICATION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", named(self.task))  # a task's name is taken for its task
 
 
 def tensor_dataset(x: np.ndarray, y: np.ndarray) -> TensorDataset:

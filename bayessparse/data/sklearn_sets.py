@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from bayessparse.data.bundle import DataBundle, regression_dataset, tensor_dataset
+from bayessparse.tasks import REGRESSION
 from bayessparse.data.noise import check_label_noise, symmetric_label_noise
 from bayessparse.data.splits import Stream, check_data_seed, reject_n_samples, rng_for, train_val_test_indices
 from bayessparse.errors import ConfigError
@@ -88,7 +89,7 @@ def load_diabetes(
         test=regression_dataset(x[test], y[test]),
         num_classes=1,
         input_shape=tuple(x.shape[1:]),
-        task="regression",
+        task=REGRESSION,
     )
 
 

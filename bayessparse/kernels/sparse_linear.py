@@ -10,7 +10,7 @@ of ``M.nonzero()``) and values ``v_k``, the layer computes ``y = x Wᵀ`` with `
   the active positions only (``torch.sparse.sampled_addmm``, an SDDMM): ``nnz · B`` multiply-adds again.
 
 The dense gradient that RigL grows by is never formed here; the training step falls back to the dense
-product on the (rare) mask-update steps that need it (:mod:`bayessparse.kernels.engine`).
+product on the (rare) mask-update steps that need it (:mod:`bayessparse.engines.sparse_kernels`).
 
 References: Evci et al., "Rigging the Lottery", ICML 2020 (the dense gradient only at updates); the CSR
 and SDDMM products are PyTorch's ``torch.sparse`` kernels (MKL on x86 CPUs, cuSPARSE on CUDA).

@@ -17,9 +17,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from bayessparse.files import save_figure
-from bayessparse.sparsity.imp import best_round
+__all__ = ["best_round", "plot_double_descent"]
 
-__all__ = ["plot_double_descent"]
+
+def best_round(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The record of an IMP sweep with the lowest test error (the densest one among equals)."""
+    return min(records, key=lambda r: (r["test_error"], r["round"]))
 
 
 def _column(records: Sequence[dict[str, Any]], key: str) -> np.ndarray | None:
@@ -29,7 +32,7 @@ def _column(records: Sequence[dict[str, Any]], key: str) -> np.ndarray | None:
 
 
 def plot_double_descent(records: Sequence[dict[str, Any]], path: str | os.PathLike, title: str | None = None) -> Figure:
-    """Plot the IMP round records (see :mod:`bayessparse.sparsity.imp`) into ``path``; return the Figure."""
+    """Plot the IMP round records (see :mod:`bayessparse.workflows.imp`) into ``path``; return the Figure."""
     if not records:
         raise ValueError("records must hold at least one round")
     # x: nonzero weights of the pruned layers, so that every round is the same step (x 0.8) on the log axis;

@@ -6,8 +6,8 @@ One training step is one :class:`pyro.infer.SVI` step on the per-example ELBO of
 :class:`~bayessparse.ppl.elbo.CancellingTrace_ELBO` and optimised by a Pyro optimizer (SGD with
 (Nesterov) momentum and the run's learning-rate schedule, no weight decay: the prior is the
 decay). Everything around the step -- data order, epochs, checkpoints, weight averaging,
-evaluation, the run folder -- is the plain trainer's (:mod:`bayessparse.train`), which calls
-:meth:`PyroEngine.step` instead of its own step.
+evaluation, the run folder -- is the trainer's (:mod:`bayessparse.train`), which takes
+:meth:`PyroEngine.step` from the engine registry (:mod:`bayessparse.engines`, ``pyro``).
 
 The run's training method keeps its role (:mod:`bayessparse.method`):
 
@@ -246,7 +246,8 @@ class StructuredSVI(SVI):
 class PyroEngine:
     """The ``--engine pyro`` training step of a :class:`~bayessparse.train.Run`.
 
-    Built in two phases by :func:`bayessparse.train.build_run`: the optimizer first (the method's
+    Registered as the ``pyro`` engine (:mod:`bayessparse.engines`) and built in two phases by
+    :func:`bayessparse.train.build_run`: the optimizer first (the method's
     ``setup`` receives it), then :meth:`bind` once the method exists. All Pyro state lives in a
     param-store scope of its own, so runs in one process never share parameters; the store holds
     the network's own ``nn.Parameter`` objects (``net.<name>``), so the run's model state dict is
@@ -256,6 +257,11 @@ class PyroEngine:
     step) during training steps. Off by default -- it costs about a fifth of a small network's
     step and the plain loop has no equivalent; the tests run this model and guide with it on.
     """
+
+    #: a run on several processes takes the plain engine (:mod:`bayessparse.engines`)
+    distributes = False
+    #: the Pyro optimizer schedules its own learning rate
+    scheduler = None
 
     def __init__(self, cfg: Any, model: torch.nn.Module, num_data: int, lr_lambda: Callable[[int], float],
                  *, validate: bool = False) -> None:
@@ -323,8 +329,9 @@ class PyroEngine:
             for k in own:
                 store._params[k].copy_(state[k])
 
-    def step(self, run: Any, x: Tensor, y: Tensor) -> float:
-        """One SVI step on the mini-batch, the lr schedule, ``run.step``; returns the negative per-example ELBO."""
+    def step(self, run: Any, x: Tensor, y: Tensor, total: int | None = None) -> float:
+        """One SVI step on the mini-batch, the lr schedule, ``run.step``; returns the negative per-example ELBO
+        (``total`` is for engines that distribute; this one runs in one process)."""
         with self.scope(), pyro.validation_enabled(self.validate):
             try:
                 loss = self.svi.step(x, y, t=run.step)

@@ -46,10 +46,12 @@ class CigL(SparseTraining):
         averaging_start: ``T* / T``; averaging starts at the first epoch end with
             ``t >= max(T*, T_end)``.
         snapshot: ``"expected"`` or ``"sampled"`` (see :mod:`.averaging`).
-        fused: draw ``Z`` inside a fused kernel at every step (:mod:`bayessparse.kernels.fused_mask`:
-            never stored, redrawn in the backward and for the optimizer step) instead of thinning the
-            weights in place. The same algorithm with another random stream; meant for CUDA, where
-            the kernel runs (on a CPU it is a slow reference path).
+        fused: ask for ``Z`` drawn inside a fused kernel at every step (never stored, redrawn in the
+            backward and for the optimizer step) instead of thinning the weights in place: the same
+            algorithm with another random stream. The kernel side grants it
+            (:meth:`use_fused_kernel`, called by :class:`~bayessparse.sparsifier.Sparsifier` with
+            :mod:`bayessparse.kernels.fused_mask`): on CUDA, where the kernel runs; elsewhere
+            :attr:`fused` stays ``False`` and CigL keeps the eager path.
     """
 
     def __init__(self, *args: Any, drop_rate: float = 0.01, averaging_start: float = 0.8,
@@ -59,7 +61,9 @@ class CigL(SparseTraining):
         self.drop_rate = drop_rate
         self.averaging_start = averaging_start
         self.snapshot = snapshot
-        self.fused = fused
+        self.wants_fused = fused
+        self.fused = False  # whether the fused kernel draws Z (use_fused_kernel)
+        self.kernel: Any = None  # the fused kernel's module: fused_forward and hold_dropped
         self.t = 0  # steps taken (the fused kernel's seeds are a function of it)
         self._drawn_at = -1  # the step whose Z the random mask holds (one draw per optimizer step)
         self._held = contextlib.ExitStack()
@@ -74,13 +78,16 @@ class CigL(SparseTraining):
         self.total_steps = total_steps
         self.averaging_step = max(int(self.averaging_start * total_steps), self.schedule.t_end)
 
+    def use_fused_kernel(self, kernel: Any, active: bool) -> None:
+        """Receive the fused kernel (a module with ``fused_forward`` and ``hold_dropped``, as
+        :mod:`bayessparse.kernels.fused_mask`); ``active``: whether it draws ``Z`` from now on."""
+        self.kernel, self.fused = kernel, active
+
     @contextlib.contextmanager
     def forward(self, model: nn.Module) -> Iterator[None]:
         if self.fused:
-            from bayessparse.kernels.fused_mask import fused_forward
-
             dense_grad = self.schedule.is_update_step(self.t)  # RigL grows by the gradient at every position
-            with fused_forward(model, self.masks.weights, self.seed, self.t, self.random_mask.keep,
+            with self.kernel.fused_forward(model, self.masks.weights, self.seed, self.t, self.random_mask.keep,
                                dense_grad=dense_grad):
                 yield
             return
@@ -103,9 +110,7 @@ class CigL(SparseTraining):
     def before_optimizer_step(self) -> None:
         super().before_optimizer_step()  # grad ⊙ M
         if self.fused:  # and ⊙ Z, Z redrawn from the step's seeds; undone in after_optimizer_step
-            from bayessparse.kernels.fused_mask import hold_dropped
-
-            self._held.enter_context(hold_dropped(self.masks.weights, self.seed, self.t, self.random_mask.keep))
+            self._held.enter_context(self.kernel.hold_dropped(self.masks.weights, self.seed, self.t, self.random_mask.keep))
         else:
             self.random_mask.use_thinned_()  # and ⊙ Z: the step sees the thinned weights
 

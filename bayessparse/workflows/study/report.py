@@ -1,7 +1,7 @@
 """The study's report: Markdown tables with 95 % confidence intervals, verdicts, and the figures.
 
 Every number comes from the cells' scores (``study.json`` of each folder, see
-:mod:`bayessparse.study.cells`); nothing is typed in. Intervals are over seeds
+:mod:`bayessparse.workflows.study.cells`); nothing is typed in. Intervals are over seeds
 (:mod:`bayessparse.stats`); differences between methods are paired by seed.
 """
 
@@ -15,9 +15,10 @@ import torch
 
 from bayessparse.config import TrainConfig, resolve
 from bayessparse.stats import Interval, interval, paired_difference
-from bayessparse.study.plan import deep_gp_cells, freetickets_cells, imp_cells, row_cell
-from bayessparse.study.rows import ROWS
-from bayessparse.study.spec import StudySpec
+from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
+from bayessparse.workflows.study.plan import deep_gp_cells, deep_gp_groups, freetickets_cells, imp_cells, row_cell
+from bayessparse.workflows.study.rows import ROWS
+from bayessparse.workflows.study.spec import StudySpec
 
 Scores = dict[str, dict[str, Any]]
 #: the acceptance rule for CigL's defaults (issue text and docs/results.md)
@@ -426,7 +427,7 @@ def freetickets_section(rep: Report) -> None:
     rep.add("## FreeTickets: DST and EDST ensembles (Liu et al., ICLR 2022)",
             f"{cfg.data}, {cfg.model}, {cfg.epochs} epochs per run, sparsity {_pct(f.sparsity)}, {f.members} members. "
             "Training cost: epochs × density summed over the trained runs, relative to one dense run "
-            "(the FLOPs proxy of bayessparse.ensembles; the EDST run trains exploration plus one phase per member). "
+            "(the FLOPs proxy of bayessparse.workflows.ensembles; the EDST run trains exploration plus one phase per member). "
             "Corrupted accuracy: mean over the corruption suite and severities 1-5. "
             "OOD: the dataset's default OOD set, max-softmax score.",
             table(["", *[m for m, _ in metrics]], rows),
@@ -508,11 +509,10 @@ def _imp_command(spec: StudySpec, study) -> str:
 GP_TIME_RATIO = 1 / 3
 COVERAGE_90 = (0.85, 0.95)
 GP_LABELS = {"dgp": "DGP", "dspp": "DSPP"}
-#: (key, label, decimals, +1 if higher is better / −1 if lower is); coverage is scored by its distance to 0.9
-GP_CLASSIFICATION = (("accuracy", "accuracy", 4, 1), ("nll", "NLL", 4, -1), ("ece", "ECE", 4, -1),
-                     ("brier", "Brier", 4, -1))
-GP_REGRESSION = (("rmse", "RMSE", 4, -1), ("nll", "NLL", 4, -1), ("coverage_50", "coverage 50 %", 3, 0),
-                 ("coverage_90", "coverage 90 %", 3, 0), ("coverage_95", "coverage 95 %", 3, 0))
+#: each task's columns (:attr:`bayessparse.tasks.Task.report_columns`: key, label, decimals, +1 if higher is
+#: better / −1 if lower is); coverage is scored by its distance to 0.9
+GP_CLASSIFICATION = CLASSIFICATION.report_columns
+GP_REGRESSION = REGRESSION.report_columns
 GP_COSTS = (("train_seconds", "train s"), ("inference_ms_per_example", "inference ms / example"),
             ("parameters", "parameters (non-zero)"))
 
@@ -552,9 +552,9 @@ def _mc_label(row: str) -> str:
     return named[0] if named else f"{ROWS[row].label} + MC"
 
 
-def _gp_lines(rep: Report, task: str, rows: dict[str, list]) -> list[_Line]:
-    """The table rows of one group of :func:`~bayessparse.study.plan.deep_gp_cells`, networks first."""
-    keys = [k for k, *_ in (GP_CLASSIFICATION if task == "classification" else GP_REGRESSION)] + [k for k, _ in GP_COSTS]
+def _gp_lines(rep: Report, task: Task, rows: dict[str, list]) -> list[_Line]:
+    """The table rows of one group of :func:`~bayessparse.workflows.study.plan.deep_gp_cells`, networks first."""
+    keys = [k for k, *_ in task.report_columns] + [k for k, _ in GP_COSTS]
     lines = []
     for name, cells in rows.items():
         scores = [rep.scores[c.folder] for c in cells]
@@ -564,7 +564,7 @@ def _gp_lines(rep: Report, task: str, rows: dict[str, list]) -> list[_Line]:
             continue
         row = ROWS[name]
         sparse, bayes = row.method != "dense", _is_bayesian(name)
-        if task == "classification":
+        if task.predicts_classes:
             cards = [s[row.predict]["test"] for s in scores]
             values = {k: _per_seed(cards if k in cards[0] else metrics, k) for k in keys}
             if row.predict == "mc":  # the Monte Carlo predictive's own time, S forward passes
@@ -688,18 +688,12 @@ def deep_gp_section(rep: Report) -> None:
     ratios: dict[str, list[float]] = {}
     for (task, name), rows in groups.items():
         lines = _gp_lines(rep, task, rows)
-        columns = GP_CLASSIFICATION if task == "classification" else GP_REGRESSION
-        setup_fields = g.setups[name] if task == "classification" else g.regression
+        columns = task.report_columns
+        setup_fields = deep_gp_groups(rep.spec)[(task, name)][0]
         cfg = resolve(rep.spec.base, setup_fields)
-        title = (f"{name}: sparse networks and deep GPs" if task == "classification"
-                 else f"{name} (regression): sparse networks and deep GPs")
-        heading = (f"### {name}: {cfg.data}, {cfg.model}{_width(cfg)}, {cfg.epochs} epochs, sparsity {_pct(g.sparsity)}"
-                   if task == "classification" else
-                   f"### Regression, {cfg.data}: {cfg.model}{_width(cfg)}, {cfg.epochs} epochs, sparsity "
-                   f"{_pct(g.sparsity)}")
-        about = ("Standardised targets: RMSE and NLL in units of the target's standard deviation; coverage is the "
-                 "fraction of test targets inside the central predictive interval. `+ MC` rows: Monte Carlo over "
-                 "the random mask `Z` of the same runs." if task == "regression" else "")
+        heading, title = task.report_heading(
+            name, cfg.data, f"{cfg.model}{_width(cfg)}, {cfg.epochs} epochs, sparsity {_pct(g.sparsity)}")
+        about = task.report_note
         rep.add(heading, *([about] if about else []), _gp_commands(rep, setup_fields, rows),
                 f"**{title}**", _gp_table(lines, columns))
         reading = _gp_reading(name, lines, columns, tally, ratios)
@@ -707,7 +701,7 @@ def deep_gp_section(rep: Report) -> None:
             readings.append(reading)
         series.append((f"NLL, {name}", {line.label: [(line.mean("train_seconds"), line.interval("nll"))]
                                         for line in lines if line.has("train_seconds") and line.has("nll")}))
-        if task == "classification":
+        if not task.has_intervals:
             targets.append(_nll_target(name, lines))
         else:
             coverage_rows += [line for line in lines if not line.deep_gp and line.sparse and line.has("coverage_90")]
@@ -784,7 +778,7 @@ def _gp_targets(rep: Report, targets: list[dict[str, Any]], coverage: list[_Line
             tight = math.isfinite(i.half_width) and low <= i.low and i.high <= high
             rows.append([line.label, i.format(3), "met" if inside else "not met", "yes" if tight else "no"])
         met = sum(r[2] == "met" for r in rows)
-        name = next(n for t, n in groups if t == "regression")
+        name = next(n for t, n in groups if t.has_intervals)
         narrow = sum(line.mean("coverage_90") < low for line in coverage)
         wide = sum(line.mean("coverage_90") > high for line in coverage)
         side = []

@@ -8,7 +8,7 @@ Layout of the file (every section but ``seeds`` and ``base`` may be left out)::
     calibration:
       setups: {cnn1d: {data: mnist1d, model: cnn1d}, ...}   # name -> config fields
       sparsities: [0.8, 0.9, 0.95, 0.98]
-      rows: [dense, set, rigl, rigl+ts, ...]               # keys of bayessparse.study.rows.ROWS
+      rows: [dense, set, rigl, rigl+ts, ...]               # keys of bayessparse.workflows.study.rows.ROWS
       corruptions: [cnn1d]                # setups also scored under the corruption suite
       reliability: {setup: cnn1d, sparsity: 0.95}
     drop_rate: {setups: [cnn1d], rates: [0.01, ...], sparsities: [0.9, 0.95]}
@@ -36,7 +36,7 @@ from typing import Any, Mapping
 from bayessparse import smoke
 from bayessparse.config import TrainConfig, read_yaml, resolve
 from bayessparse.errors import ConfigError
-from bayessparse.study.rows import ROWS
+from bayessparse.workflows.study.rows import ROWS
 
 SECTIONS = ("seeds", "base", "mc_samples", "calibration", "drop_rate", "variational", "freetickets", "imp", "deep_gp")
 

@@ -1,6 +1,6 @@
 """Cached cells trained by other code: the training version each finished unit recorded, against the current one.
 
-A cell's folder is named after its configuration only (:func:`bayessparse.study.cells.folder_for`), so a
+A cell's folder is named after its configuration only (:func:`bayessparse.workflows.study.cells.folder_for`), so a
 unit trained before a change of the training numerics would be found again and reused, and a report
 could mix runs of different code. Every finished unit records :data:`bayessparse.version.TRAINING_VERSION`:
 a run and a deep GP in ``metrics.json``, an ensemble in each member's ``metrics.json``, an IMP sweep in
@@ -26,7 +26,7 @@ from typing import Any, Sequence
 from bayessparse import version
 from bayessparse.errors import ConfigError, WriteError
 from bayessparse.folders import LOCK, exclusive
-from bayessparse.study.cells import Cell
+from bayessparse.workflows.study.cells import Cell
 
 #: what a finished part that recorded no training version shows in messages and the report
 NONE_RECORDED = "none recorded"
@@ -59,8 +59,8 @@ def _version_of(record: Any) -> Any:
 def recorded_versions(cell: Cell) -> list[Any]:
     """The training version each finished part of the cell's unit recorded (``None``: none); for an unfinished
     run or deep GP, the version its checkpoint recorded; ``[]`` when there is nothing to go by."""
-    from bayessparse.ensembles import member_dir
-    from bayessparse.sparsity.imp import RESULTS as IMP_RESULTS
+    from bayessparse.workflows.ensembles import member_dir
+    from bayessparse.workflows.imp import RESULTS as IMP_RESULTS
     from bayessparse.train import METRICS
 
     folder = Path(cell.folder)

@@ -1,15 +1,15 @@
 """The reproduction study: every claim of the papers, trained, scored and written up by one command.
 
-``bayessparse study`` reads a specification (:mod:`bayessparse.study.spec`; the full CPU study is
+``bayessparse study`` reads a specification (:mod:`bayessparse.workflows.study.spec`; the full CPU study is
 ``experiments/study.yaml``, the CI-sized one ``experiments/study_quick.yaml``), plans its trainings
-(:mod:`bayessparse.study.plan`), runs them side by side (:mod:`bayessparse.jobs`; finished ones are
-skipped, interrupted ones resumed), scores them (:mod:`bayessparse.study.cells`) and writes
-``results.md`` with its figures (:mod:`bayessparse.study.report`): into the output folder, and with
+(:mod:`bayessparse.workflows.study.plan`), runs them side by side (:mod:`bayessparse.jobs`; finished ones are
+skipped, interrupted ones resumed), scores them (:mod:`bayessparse.workflows.study.cells`) and writes
+``results.md`` with its figures (:mod:`bayessparse.workflows.study.report`): into the output folder, and with
 ``docs`` into that folder too (``docs/results.md``, ``docs/figures/*.svg``), each time with
-``results.json`` beside it, the machine-readable record of the cells (:mod:`bayessparse.study.records`).
+``results.json`` beside it, the machine-readable record of the cells (:mod:`bayessparse.workflows.study.records`).
 
 Before any training the study checks the training version every finished unit recorded
-(:mod:`bayessparse.study.stale`): a cell trained by other training code is trained again, or with
+(:mod:`bayessparse.workflows.study.stale`): a cell trained by other training code is trained again, or with
 ``reuse_stale`` (``--reuse-stale``) kept, and the report says so near its top.
 
 One study writes an output folder at a time: a lock file refuses a second process on the same folder.
@@ -31,10 +31,10 @@ from bayessparse.errors import ConfigError
 from bayessparse.files import write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.jobs import run_jobs
-from bayessparse.study.cells import check_cells, score
-from bayessparse.study.plan import plan, row_cell
-from bayessparse.study.records import RECORDS, records_text
-from bayessparse.study.report import (
+from bayessparse.workflows.study.cells import check_cells, score
+from bayessparse.workflows.study.plan import plan, row_cell
+from bayessparse.workflows.study.records import RECORDS, records_text
+from bayessparse.workflows.study.report import (
     Report,
     calibration_section,
     corruption_section,
@@ -46,9 +46,9 @@ from bayessparse.study.report import (
     imp_section,
     reliability_section,
 )
-from bayessparse.study.rows import ROWS
-from bayessparse.study.spec import StudySpec, read_spec
-from bayessparse.study.stale import Stale, describe, distinct, remove_unit, scan
+from bayessparse.workflows.study.rows import ROWS
+from bayessparse.workflows.study.spec import StudySpec, read_spec
+from bayessparse.workflows.study.stale import Stale, describe, distinct, remove_unit, scan
 
 __all__ = ["run_study", "read_spec", "default_spec"]
 
@@ -69,7 +69,7 @@ def _locked(out: Path) -> contextlib.AbstractContextManager:
 
 def _predictions(spec: StudySpec, root: Path):
     """``(setup, row, sparsity, seed) -> (test probabilities, labels)`` of a finished cell."""
-    from bayessparse import predictors as P
+    from bayessparse.workflows import predictors as P
     from bayessparse.train import load_finished
 
     def predict(setup: str, row: str, sparsity: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,11 +1,11 @@
-"""The training step with sparse kernels: the chosen linear layers train as values on the support of ``M``.
+"""The ``sparse-kernels`` engine: the chosen linear layers train as values on the support of ``M``.
 
 ``cfg.kernels`` picks the layers: ``"dense"`` none (masked-dense training, the reference path),
 ``"sparse"`` every sparse ``nn.Linear`` of the method's mask set, ``"auto"`` those where the
 measured rule :func:`pays` says the sparse products are faster (docs/performance.md). Convolutions
 always stay masked-dense.
 
-For a chosen layer the step is the masked-dense step of :func:`bayessparse.train.plain_step` with
+For a chosen layer the step is the masked-dense step of :func:`bayessparse.engines.plain.plain_step` with
 every term restricted to the active positions, which it equals up to float rounding:
 
 * forward and backward by :func:`~bayessparse.kernels.sparse_linear.sparse_linear` (no dense weight
@@ -33,9 +33,9 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
+from bayessparse.engines.plain import PlainEngine, plain_step
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.kernels.sparse_linear import SparseStructure, sparse_linear
-from bayessparse.likelihoods import negative_log_likelihood
 
 __all__ = ["AUTO_MAX_DENSITY", "AUTO_MIN_WEIGHTS", "SparseKernelEngine", "pays"]
 
@@ -65,18 +65,16 @@ class _Layer:
         self.values = self.structure.gather(self.weight.detach()).clone().requires_grad_(True)
 
 
-class SparseKernelEngine:
-    """The training step of ``cfg.kernels`` (``"sparse"`` or ``"auto"``) for a plain-engine run.
-
-    Built like :class:`~bayessparse.ppl.svi.PyroEngine`: ``engine = SparseKernelEngine(cfg, model)``,
-    then ``engine.bind(method)`` once the method's masks exist; ``engine.step(run, x, y)`` replaces
-    :func:`~bayessparse.train.plain_step`.
+class SparseKernelEngine(PlainEngine):
+    """The training step of ``cfg.kernels`` (``"sparse"`` or ``"auto"``): the plain engine's optimizer and
+    schedule, its step on the chosen layers' values (module docstring). ``engine.bind(method)`` chooses the
+    layers once the method's masks exist.
     """
 
-    def __init__(self, cfg: Any, model: nn.Module) -> None:
-        if cfg.engine != "plain":
-            raise ConfigError(f"kernels={cfg.kernels!r} needs engine 'plain', not {cfg.engine!r}")
-        self.cfg, self.model = cfg, model
+    distributes = False
+
+    def __init__(self, cfg: Any, model: nn.Module, num_data: int, steps_per_epoch: int) -> None:
+        super().__init__(cfg, model, num_data, steps_per_epoch)
         self.layers: list[_Layer] = []
         self.method: Any = None
 
@@ -100,18 +98,16 @@ class SparseKernelEngine:
 
     # ------------------------------------------------------------------ the step
 
-    def step(self, run: Any, x: Tensor, y: Tensor) -> float:
-        from bayessparse.train import plain_step
-
+    def step(self, run: Any, x: Tensor, y: Tensor, total: int | None = None) -> float:
         if not self.layers or run.method.wants_update(run.step):
-            return self._masked_dense_step(run, x, y, plain_step)
+            return self._masked_dense_step(run, x, y)
         run.optimizer.zero_grad(set_to_none=True)
         for layer in self.layers:
             layer.values.grad = None
         with run.method.forward(run.model):
             keeps = self._keeps(run.method)
             with self._substituted(keeps):
-                loss = negative_log_likelihood(run.model, run.model(x), y)
+                loss = run.task.loss(run.model, run.model(x), y)
                 loss.backward()
         value = loss.item()
         if not math.isfinite(value):
@@ -124,7 +120,7 @@ class SparseKernelEngine:
         run.step += 1
         return value
 
-    def _masked_dense_step(self, run: Any, x: Tensor, y: Tensor, plain_step: Any) -> float:
+    def _masked_dense_step(self, run: Any, x: Tensor, y: Tensor) -> float:
         """The reference step (mask updates need the dense gradient), momentum handed over both ways."""
         for layer in self.layers:
             if layer.momentum is not None:

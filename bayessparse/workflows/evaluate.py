@@ -292,9 +292,8 @@ def evaluate_run(
             raise ConfigError(f"--arviz {arviz}: its plot {plot.name} would overwrite {found.name} of "
                               f"{found.parent}; name another file")
     data = read_yaml(run_dir / CONFIG).get("data", DEFAULTS["data"])
-    if task_of(str(data)) == "regression":
-        raise ConfigError(f"evaluate scores classifiers; {data!r} is a regression dataset "
-                          f"(the run's RMSE, NLL and interval coverage are in {run_dir / 'metrics.json'})")
+    task_of(str(data)).require_classes("evaluate", str(data), "scores",
+                                       f" (the run's RMSE, NLL and interval coverage are in {run_dir / 'metrics.json'})")
     check_writable(run_dir, "run folder")
     # eval.json and the plots have one writer, and so has the folder of --arviz where it holds bayessparse output
     with exclusive(run_dir, "evaluate", kind="run"), \

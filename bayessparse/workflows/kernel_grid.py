@@ -10,7 +10,7 @@ hidden layers, and the MNIST-1D CNN), each sparsity and each batch size:
 * **inference** of the trained-shape network: dense weights vs the CSR layers of
   :func:`bayessparse.kernels.inference.sparse_inference`, same alternation, ratio to dense;
 * **training-state bytes** (weights, gradients and optimizer state that a step keeps; on CUDA also
-  the peak allocated memory of a step) and **export bytes** (:mod:`bayessparse.export`) against
+  the peak allocated memory of a step) and **export bytes** (:mod:`bayessparse.workflows.export`) against
   the dense checkpoint's model bytes.
 
 Only ratios are reported; absolute times depend on the machine. Denormal floats are flushed to zero
@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from bayessparse.bench import random_bundle
+from bayessparse.workflows.bench import random_bundle
 from bayessparse.config import resolve
 from bayessparse.train import Run, build_run, train_step
 
@@ -98,7 +98,7 @@ def _model_bytes(model: nn.Module) -> int:
 def measure_cell(name: str, sparsity: float, batch: int, *, rounds: int, steps: int, device: str = "cpu",
                  seed: int = 0) -> dict[str, Any]:
     """One cell of the grid: training-step and inference ratios, bytes, for one model, sparsity, batch."""
-    from bayessparse.export import export_bytes
+    from bayessparse.workflows.export import export_bytes
     from bayessparse.kernels.inference import sparse_inference
 
     model = MODELS[name]

@@ -325,14 +325,15 @@ def _save_member(run: Run, model: nn.Module, out: Path, phase: Phase, plan: EDST
     """Write member ``phase.member`` as a run folder (the train contract) and return its metrics."""
     folder = member_dir(out, phase.member)
     mark(folder, "run")
-    metrics, (probs, labels) = evaluate_model(run, model)
+    metrics, predictions = evaluate_model(run, model)
     metrics.update(
         kind="edst", member=phase.member, phase_start_epoch=phase.start, phase_end_epoch=phase.end,
         explore_epochs=plan.explore_epochs, refine_epochs=plan.refine_epochs,
     )
     write_text(folder / CONFIG, dump_yaml(run.cfg))
     save_torch(folder / CHECKPOINT, {**run.state_dict(), "final_model": model.state_dict()})
-    plot_reliability(probs, labels, folder / RELIABILITY, n_bins=run.cfg.ece_bins, title=f"EDST member {phase.member}")
+    run.task.plot({run.cfg.method: predictions}, folder / RELIABILITY, title=f"EDST member {phase.member}",
+                  n_bins=run.cfg.ece_bins)
     write_json(folder / METRICS, metrics)
     return metrics
 

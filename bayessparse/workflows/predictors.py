@@ -27,21 +27,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from bayessparse.batches import batches
 from bayessparse.data.corruptions import SEVERITIES, corruption_suite, input_kind, materialize
 from bayessparse.data.ood import check_ood, make_ood
 from bayessparse.errors import ConfigError
-from bayessparse.predict import check_dataset, predict_logits
+from bayessparse.predict import labels_of, predict_logits
 from bayessparse.uncertainty.metrics import summary
 from bayessparse.uncertainty.ood import ood_metrics
 from bayessparse.uncertainty.temperature import fit_temperature
 
 Predictor = Callable[[Dataset], Tensor]
-
-
-def labels_of(dataset: Dataset, batch_size: int = 1024) -> Tensor:
-    """The labels ``(N,)`` of a non-empty dataset of ``(x, y)`` pairs, in order."""
-    return torch.cat([y for _, y in batches(check_dataset(dataset), batch_size)])
 
 
 def model_predictor(run: Any, model: torch.nn.Module) -> Predictor:

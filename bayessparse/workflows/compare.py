@@ -8,7 +8,7 @@ Layout of the output folder::
                                      for regression data the calibration of its central intervals)
     OUT/reliability-overlay.png      all methods on one set of axes
     OUT/METHOD/seed-S/               one run folder per pair (the train run-folder contract)
-    OUT/KIND-METHOD-xM/seed-S/       one ensemble folder per (ensemble entry, seed) (see bayessparse.ensembles)
+    OUT/KIND-METHOD-xM/seed-S/       one ensemble folder per (ensemble entry, seed) (see bayessparse.workflows.ensembles)
 
 An entry of ``methods`` is a method (``cigl``: one run per seed), a method with post-hoc temperature
 scaling (``rigl+ts``: the same runs as ``rigl``, ``T`` fitted on the validation split), or a FreeTickets ensemble:
@@ -36,25 +36,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import torch
 
 from bayessparse.config import TrainConfig, resolve
-from bayessparse.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name, ensemble_probs
+from bayessparse.workflows.ensembles import KINDS, PREDICTIONS, ensemble, ensemble_name, ensemble_probs
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import load_torch, write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.methods import METHODS, check_method
 from bayessparse.jobs import run_jobs
 from bayessparse.data import task_of
+from bayessparse.tasks import CLASSIFICATION, REGRESSION, ClassPredictions, Task
 from bayessparse.distributed import launch
-from bayessparse.predictors import labels_of, model_predictor, temperature_scaled
-from bayessparse.regressors import network_predictions
+from bayessparse.workflows.predictors import labels_of, model_predictor, temperature_scaled
 from bayessparse.stats import interval
 from bayessparse.rng import preserved_random_state
 from bayessparse.train import METRICS, build_run, load_data, load_finished, train
 from bayessparse.uncertainty.metrics import summary as test_summary
-from bayessparse.uncertainty.regression import mixture_cdf
-from bayessparse.uncertainty.reliability import plot_interval_calibration, plot_reliability, plot_reliability_overlay
 
 DEFAULT_METHODS = ("dense", "rigl", "rigl+ts", "cigl")
 TEMPERATURE_SUFFIX = "+ts"
@@ -66,9 +63,12 @@ COMPARE_DEFAULTS: dict[str, Any] = {"epochs": 50}
 #: sweep in experiments/regression_sweep.md (RigL and CigL at 90 %, three seeds; the test split unseen).
 REGRESSION_DEFAULTS: dict[str, Any] = {"model": "mlp", "epochs": 100, "batch_size": 32, "lr": 0.05,
                                        "weight_decay": 0.05}
-TABLE_METRICS = ("accuracy", "nll", "ece", "brier", "density", "train_seconds")
-#: The table of a regression dataset (``diabetes``): the predictive's RMSE, NLL and central-interval coverage.
-REGRESSION_METRICS = ("rmse", "nll", "coverage_50", "coverage_90", "coverage_95", "density", "train_seconds")
+#: compare's defaults by task, on top of COMPARE_DEFAULTS (:func:`task_defaults`)
+TASK_DEFAULTS: dict[Task, dict[str, Any]] = {REGRESSION: REGRESSION_DEFAULTS}
+#: The table of a classification dataset; a regression dataset's reports the predictive's RMSE, NLL and
+#: central-interval coverage (:attr:`bayessparse.tasks.Task.columns`).
+TABLE_METRICS = CLASSIFICATION.columns
+REGRESSION_METRICS = REGRESSION.columns
 #: With deep GP rows (``--with-deep-gp``) every row also reports its cost to predict and its size.
 COST_METRICS = ("inference_ms_per_example", "parameters")
 #: The deep GP baselines ``--with-deep-gp`` adds (:mod:`bayessparse.baselines`), by row name.
@@ -85,10 +85,15 @@ DEEP_GP_SET_BY_COMPARE = {
 }
 
 
-def default_methods(task: str = "classification") -> list[str]:
-    """dense, RigL, RigL + temperature scaling (classification only) and CigL: those of them that are registered."""
+def task_defaults(data: str) -> dict[str, Any]:
+    """compare's defaults for dataset ``data`` on top of :data:`COMPARE_DEFAULTS` (its task's)."""
+    return TASK_DEFAULTS.get(task_of(data), {})
+
+
+def default_methods(task: Task = CLASSIFICATION) -> list[str]:
+    """dense, RigL, RigL + temperature scaling (where the task takes it) and CigL: those of them that are registered."""
     methods = [m for m in DEFAULT_METHODS if m.removesuffix(TEMPERATURE_SUFFIX) in METHODS]
-    return methods if task == "classification" else [m for m in methods if not m.endswith(TEMPERATURE_SUFFIX)]
+    return [m for m in methods if not m.endswith(TEMPERATURE_SUFFIX) or "ts" in task.posthoc]
 
 
 @dataclass(frozen=True)
@@ -183,10 +188,9 @@ def _ensemble_record(base: TrainConfig, entry: Entry, seed: int, folder: Path, p
     }
 
 
-def table_metrics(task: str, with_costs: bool) -> tuple[str, ...]:
-    """The columns of the table: :data:`TABLE_METRICS` or :data:`REGRESSION_METRICS`, then the cost columns."""
-    metrics = REGRESSION_METRICS if task == "regression" else TABLE_METRICS
-    return metrics + COST_METRICS if with_costs else metrics
+def table_metrics(task: Task, with_costs: bool) -> tuple[str, ...]:
+    """The columns of the table: the task's (:attr:`bayessparse.tasks.Task.columns`), then the cost columns."""
+    return task.columns + COST_METRICS if with_costs else task.columns
 
 
 def summarise(records: Sequence[dict[str, Any]],
@@ -223,25 +227,26 @@ def format_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
-def _test_predictions(run_dir: Path, entry: Entry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Test probabilities of a finished run's evaluated model (of an ensemble: the mean of its members;
-    of a ``+ts`` entry: temperature-scaled)."""
+def _test_predictions(run_dir: Path, entry: Entry | None = None) -> Any:
+    """The test predictions of a finished row in its task's form (:mod:`bayessparse.tasks`): of a run, its
+    evaluated model's; of an ensemble, the mean of its members' probabilities; of a ``+ts`` entry, the
+    temperature-scaled probabilities; of a deep GP, its predictive."""
     if entry is not None and entry.kind == "deep-gp":
         from bayessparse.baselines import load_deep_gp
 
         from bayessparse.data import load
 
         predictor = load_deep_gp(run_dir)
-        test = load(predictor.cfg.data, data_seed=predictor.cfg.data_seed).test
-        return predictor(test), labels_of(test)
+        data = load(predictor.cfg.data, data_seed=predictor.cfg.data_seed)
+        return data.task.gp_predictions(predictor.predict(data.test))
     if entry is not None and entry.kind is not None:
         saved = load_torch(run_dir / PREDICTIONS)
-        return ensemble_probs(saved["member_probs"]), saved["labels"]
+        return ClassPredictions(ensemble_probs(saved["member_probs"]), saved["labels"])
     run, model = load_finished(run_dir)
-    predict = model_predictor(run, model)
     if entry is not None and entry.temperature:
-        predict, _ = temperature_scaled(run, predict)
-    return predict(run.data.test).softmax(-1), labels_of(run.data.test)
+        predict, _ = temperature_scaled(run, model_predictor(run, model))
+        return ClassPredictions(predict(run.data.test).softmax(-1), labels_of(run.data.test))
+    return run.task.predictions(model, run.data.test, run.cfg.eval_batch_size, run.device)
 
 
 def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
@@ -324,11 +329,9 @@ def check_entries(base: TrainConfig, entries: Sequence[Entry], deep_gp: dict[str
     :func:`bayessparse.baselines.check_deep_gp_data`, as their training checks them."""
     gps = [_deep_gp_config(base, entry, base.seed, deep_gp or {}) for entry in entries if entry.job == "deep-gp"]
     data = load_data(base)  # validates the data fields
-    if data.task == "regression":
-        for entry in entries:
-            if entry.temperature or entry.job == "ensemble":
-                raise ConfigError(f"--methods {entry.name}: temperature scaling and ensembles need classification "
-                                  f"data; {base.data!r} is a regression dataset")
+    for entry in entries:
+        if (entry.temperature and "ts" not in data.task.posthoc) or entry.job == "ensemble":
+            data.task.require_classes(f"--methods {entry.name}: temperature scaling and ensembles", base.data, "need")
     with preserved_random_state():
         for entry in entries:
             if entry.job == "run":
@@ -364,42 +367,16 @@ def _compare(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out:
     print(table)
     write_text(out / "table.md", table + "\n")
     write_json(out / "results.json", {"runs": records, "summary": summary})
-    if task == "regression":
-        _coverage_plots(base, entries, seeds, out)
-    else:
-        _reliability_plots(base, entries, seeds, out)
+    _calibration_plots(task, base, entries, seeds, out)
     return {"runs": records, "summary": summary}
 
 
-def _reliability_plots(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path) -> None:
-    """Each row's reliability diagram (test predictions pooled over seeds) and all rows on one axes."""
-    curves = {}
+def _calibration_plots(task: Task, base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path) -> None:
+    """Each row's calibration figure (:meth:`bayessparse.tasks.Task.plot`: a reliability diagram, or the
+    calibration of central intervals; test predictions pooled over seeds) and all rows on one axes."""
+    rows = {}
     for entry in entries:
-        preds = [_test_predictions(out / entry.folder / f"seed-{s}", entry) for s in seeds]
-        probs, labels = torch.cat([p for p, _ in preds]), torch.cat([y for _, y in preds])
-        curves[entry.name] = (probs, labels)
-        plot_reliability(probs, labels, out / f"reliability-{entry.label}.png", n_bins=base.ece_bins, title=entry.name)
-    plot_reliability_overlay(curves, out / "reliability-overlay.png", n_bins=base.ece_bins, title=f"{base.data}")
-
-
-def _coverage_plots(base: TrainConfig, entries: list[Entry], seeds: Sequence[int], out: Path) -> None:
-    """Regression: each row's interval calibration (test targets pooled over seeds) and all rows on one axes."""
-    pits = {}
-    for entry in entries:
-        pits[entry.name] = torch.cat([_test_pit(out / entry.folder / f"seed-{s}", entry) for s in seeds])
-        plot_interval_calibration({entry.name: pits[entry.name]}, out / f"reliability-{entry.label}.png",
-                                  title=entry.name)
-    plot_interval_calibration(pits, out / "reliability-overlay.png", title=f"{base.data}")
-
-
-def _test_pit(run_dir: Path, entry: Entry) -> torch.Tensor:
-    """The probability integral transform of a finished regression row's test targets (one seed)."""
-    if entry.kind == "deep-gp":
-        from bayessparse.baselines import load_deep_gp
-        from bayessparse.data import load
-
-        predictor = load_deep_gp(run_dir)
-        out = predictor.predict(load(predictor.cfg.data, data_seed=predictor.cfg.data_seed).test)
-        return mixture_cdf(out["means"], out["variances"], out["targets"], out["log_weights"])
-    run, model = load_finished(run_dir)
-    return network_predictions(model, run.data.test, run.cfg.eval_batch_size, run.device).pit()
+        rows[entry.name] = task.pool([_test_predictions(out / entry.folder / f"seed-{s}", entry) for s in seeds])
+        task.plot({entry.name: rows[entry.name]}, out / f"reliability-{entry.label}.png", title=entry.name,
+                  n_bins=base.ece_bins)
+    task.plot(rows, out / "reliability-overlay.png", title=f"{base.data}", n_bins=base.ece_bins)

@@ -4,7 +4,7 @@ A sparse run keeps its pruned weights as exact zeros in dense tensors, so ``chec
 4 bytes on every weight; the export spends 8 on every *non-zero* weight (value and position) and
 nothing on a zero, and holds no optimizer, no masks and no Python objects. Usage::
 
-    from bayessparse.export import export_run, load_export
+    from bayessparse.workflows.export import export_run, load_export
     export_run("runs/rigl", "rigl.safetensors")         # {"bytes": ..., "nnz": ..., "state_bytes": ...}
     model = load_export("rigl.safetensors")               # the run's evaluated network, dense weights
     fast = load_export("rigl.safetensors", form="sparse") # the same, sparse linear layers where they pay

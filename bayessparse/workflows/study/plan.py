@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from bayessparse.config import TrainConfig, resolve
-from bayessparse.study.cells import Cell, folder_for, gp_folder_for, merge
-from bayessparse.study.rows import ROWS
-from bayessparse.study.spec import StudySpec
+from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
+from bayessparse.workflows.study.cells import Cell, folder_for, gp_folder_for, merge
+from bayessparse.workflows.study.rows import ROWS
+from bayessparse.workflows.study.spec import StudySpec
 
 
 def row_fields(row: str, sparsity: float, seed: int, **changes) -> dict[str, Any]:
@@ -100,7 +101,7 @@ def imp_cells(spec: StudySpec, root: Path) -> dict[tuple[str, float], list[Cell]
 
 
 #: a deep GP section's group: ``(task, setup)``; the regression setup is named after its data set
-Group = tuple[str, str]
+Group = tuple[Task, str]
 
 
 def deep_gp_config(spec: StudySpec, cfg: TrainConfig, method: str, seed: int) -> Any:
@@ -118,10 +119,10 @@ def deep_gp_groups(spec: StudySpec) -> dict[Group, tuple[dict[str, Any], tuple[s
     g = spec.deep_gp
     if g is None:
         return {}
-    groups = {("classification", name): (fields, g.rows) for name, fields in g.setups.items()}
+    groups = {(CLASSIFICATION, name): (fields, g.rows) for name, fields in g.setups.items()}
     if g.regression is not None:
         name = resolve(spec.base, g.regression).data
-        groups[("regression", name)] = (g.regression, g.regression_rows)
+        groups[(REGRESSION, name)] = (g.regression, g.regression_rows)
     return groups
 
 
@@ -131,7 +132,7 @@ def deep_gp_cells(spec: StudySpec, root: Path) -> dict[Group, dict[str, list[Cel
 
     A classification setup's network cell is :func:`row_cell`'s (the calibration section's folder when the
     setup is one of its) and also reads ``metrics.json`` for the costs; a regression network cell only reads
-    ``metrics.json``; a deep GP cell lives in :func:`~bayessparse.study.cells.gp_folder_for`'s folder."""
+    ``metrics.json``; a deep GP cell lives in :func:`~bayessparse.workflows.study.cells.gp_folder_for`'s folder."""
     g = spec.deep_gp
     out: dict[Group, dict[str, list[Cell]]] = {}
     for (task, name), (fields, rows) in deep_gp_groups(spec).items():
@@ -139,7 +140,7 @@ def deep_gp_cells(spec: StudySpec, root: Path) -> dict[Group, dict[str, list[Cel
         for row in rows:
             for seed in spec.seeds:
                 cfg = resolve(spec.base, fields, row_fields(row, g.sparsity, seed))
-                predictions = (ROWS[row].predict, "metrics") if task == "classification" else ("metrics",)
+                predictions = (ROWS[row].predict, "metrics") if task.predicts_classes else ("metrics",)
                 group.setdefault(row, []).append(Cell(cfg.to_dict(), folder_for(root, cfg), predictions=predictions,
                                                       mc_samples=spec.mc_samples, task=task))
         for method in g.methods:

@@ -70,6 +70,7 @@ from bayessparse import smoke
 from bayessparse.files import load_torch, save_torch, write_json, write_text
 from bayessparse.version import TRAINING_VERSION
 from bayessparse.folders import check_kind, check_writable, exclusive
+from bayessparse.plots.double_descent import best_round, plot_double_descent
 from bayessparse.predict import predict_logits
 from bayessparse.sparsity.density import prunable_weights
 from bayessparse.sparsity.training import SparseTraining
@@ -353,11 +354,6 @@ def evaluate_round(
     return record
 
 
-def best_round(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The record with the lowest test error (the densest one among equals)."""
-    return min(records, key=lambda r: (r["test_error"], r["round"]))
-
-
 def format_table(records: list[dict[str, Any]]) -> str:
     """A Markdown table of the rounds; the best round (lowest test error) is starred."""
     has_kl = all("kl_clean" in r for r in records)
@@ -444,7 +440,6 @@ def imp(
     round the state and ``imp.json`` are rewritten (the plot: see ``PLOT_INTERVAL_S``), so an interrupted
     sweep keeps its finished rounds.
     """
-    from bayessparse.plots.double_descent import plot_double_descent
     from bayessparse.train import load_data
 
     datasets.require_classification(cfg.data, "IMP")  # its sweep reads test error and accuracy

@@ -30,8 +30,8 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from bayessparse.study.cells import Cell
-from bayessparse.study.stale import distinct, recorded_versions
+from bayessparse.workflows.study.cells import Cell
+from bayessparse.workflows.study.stale import distinct, recorded_versions
 
 RECORDS = "results.json"
 
@@ -43,8 +43,8 @@ def _scalars(record: Any) -> dict[str, Any]:
 
 
 def _metrics(cell: Cell) -> dict[str, Any]:
-    from bayessparse.ensembles import RESULTS as ENSEMBLE
-    from bayessparse.sparsity.imp import RESULTS as IMP
+    from bayessparse.workflows.ensembles import RESULTS as ENSEMBLE
+    from bayessparse.workflows.imp import RESULTS as IMP
     from bayessparse.train import METRICS
 
     folder = Path(cell.folder)

@@ -15,7 +15,7 @@ class Row:
     label: str
     method: str
     changes: dict[str, Any] = field(default_factory=dict)
-    predict: str = "model"  # "model", "ts" (temperature scaled) or "mc" (Monte Carlo over Z): bayessparse.predictors
+    predict: str = "model"  # "model", "ts" (temperature scaled) or "mc" (Monte Carlo over Z): bayessparse.workflows.predictors
     about: str = ""
 
 

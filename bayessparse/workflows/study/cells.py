@@ -4,7 +4,7 @@ Every unit lives in a folder named after its resolved configuration (a short has
 its method reads, the seed aside, then ``seed-S``; see :func:`folder_for` and, for the deep GP
 baselines, :func:`gp_folder_for`), so two sections that need the same training share it, and a
 re-run of the study finds finished units and skips them (unless another training version trained them:
-:mod:`bayessparse.study.stale`). A unit's scores are cached in
+:mod:`bayessparse.workflows.study.stale`). A unit's scores are cached in
 ``FOLDER/study.json``; the worker that owns the folder is its only writer.
 """
 
@@ -19,6 +19,7 @@ from typing import Any
 from bayessparse.config import TrainConfig, resolve
 from bayessparse.errors import ConfigError
 from bayessparse.files import write_json
+from bayessparse.tasks import CLASSIFICATION, Task, named
 
 SCORES = "study.json"
 
@@ -27,14 +28,14 @@ SCORES = "study.json"
 class Cell:
     """One run folder and what to score on it.
 
-    ``predictions`` are ``"model"``, ``"ts"`` or ``"mc"`` (:class:`bayessparse.study.rows.Row`), scored on the
+    ``predictions`` are ``"model"``, ``"ts"`` or ``"mc"`` (:class:`bayessparse.workflows.study.rows.Row`), scored on the
     test split of a classifier, or ``"metrics"``: the run's own ``metrics.json`` (without its history), with
     the cost fields a run finished before they existed did not record measured on the finished run
     (:func:`_run_metrics`); a regression run asks for ``"metrics"`` only. ``kind`` is ``"run"``,
     ``"dst"`` / ``"edst"`` (a FreeTickets ensemble of ``members``), ``"imp"`` (a sweep of
     ``rounds`` with ``prune_fraction``) or ``"deep-gp"`` (a :class:`~bayessparse.baselines.DeepGPConfig`
-    in ``config``; scored by its ``metrics.json``). ``task`` is the data set's: ``"classification"`` or
-    ``"regression"`` (checked by :func:`check_cells` before any training).
+    in ``config``; scored by its ``metrics.json``). ``task`` is the data set's (:mod:`bayessparse.tasks`;
+    checked by :func:`check_cells` before any training).
     """
 
     config: dict[str, Any]
@@ -46,7 +47,10 @@ class Cell:
     mc_samples: int = 16
     members: int = 1
     imp: dict[str, Any] = field(default_factory=dict)
-    task: str = "classification"
+    task: Task = CLASSIFICATION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "task", named(self.task))  # a task's name is taken for its task
 
     @property
     def cfg(self) -> TrainConfig:
@@ -166,7 +170,7 @@ def _missing(card: dict[str, Any] | None, cell: Cell) -> bool:
 
 
 def _score_run(cell: Cell, folder: Path, processes: int = 1) -> dict[str, Any]:
-    from bayessparse import predictors as P
+    from bayessparse.workflows import predictors as P
     from bayessparse.train import METRICS, load_finished, train
 
     if not (folder / METRICS).exists() and processes > 1:
@@ -214,9 +218,9 @@ def _run_metrics(cell: Cell, folder: Path, scores: dict[str, Any]) -> dict[str, 
     Carlo over ``Z`` (prediction ``"mc"``) also the time of that predictive (``mc_inference_ms_per_example``).
     ``scores`` is the cell's study.json content, updated in place when something is measured."""
     metrics = _metrics_json(folder)
-    measurable = ("parameters", "inference_ms_per_example") if cell.task == "classification" else ("parameters",)
+    measurable = ("parameters", "inference_ms_per_example") if cell.task.predicts_classes else ("parameters",)
     wanted = [k for k in measurable if k not in metrics]
-    if cell.task == "classification" and "mc" in cell.predictions:
+    if cell.task.predicts_classes and "mc" in cell.predictions:
         wanted.append("mc_inference_ms_per_example")
     costs = scores.get(COSTS, {})
     if any(k not in costs for k in wanted):
@@ -231,7 +235,7 @@ def _measure_costs(cell: Cell, folder: Path, keys: list[str]) -> dict[str, float
 
     import torch
 
-    from bayessparse import predictors as P
+    from bayessparse.workflows import predictors as P
     from bayessparse.predict import predict_probs
     from bayessparse.train import inference_model, load_finished
 
@@ -239,7 +243,7 @@ def _measure_costs(cell: Cell, folder: Path, keys: list[str]) -> dict[str, float
     out: dict[str, float] = {}
     if "parameters" in keys:
         out["parameters"] = sum(int(torch.count_nonzero(p)) for p in model.parameters())  # non-zero ones
-    if cell.task != "classification":
+    if not cell.task.predicts_classes:
         return out
     test = run.data.test
     if "inference_ms_per_example" in keys:
@@ -258,8 +262,8 @@ def _measure_costs(cell: Cell, folder: Path, keys: list[str]) -> dict[str, float
 
 
 def _score_ensemble(cell: Cell, folder: Path) -> dict[str, Any]:
-    from bayessparse import predictors as P
-    from bayessparse.ensembles import RESULTS, ensemble, member_dir
+    from bayessparse.workflows import predictors as P
+    from bayessparse.workflows.ensembles import RESULTS, ensemble, member_dir
     from bayessparse.train import load_finished
 
     if not (folder / RESULTS).exists():
@@ -277,7 +281,7 @@ def _score_ensemble(cell: Cell, folder: Path) -> dict[str, Any]:
 
 
 def _score_imp(cell: Cell, folder: Path) -> dict[str, Any]:
-    from bayessparse.sparsity.imp import RESULTS, STATE, imp, resolve_settings
+    from bayessparse.workflows.imp import RESULTS, STATE, imp, resolve_settings
 
     settings = resolve_settings(cell.imp, epochs=cell.cfg.epochs)
     done = (folder / RESULTS).exists() and len(json.loads((folder / RESULTS).read_text())) == settings.rounds + 1
