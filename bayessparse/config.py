@@ -107,6 +107,7 @@ DEFAULT_MODELS = {
     "synthetic": "mlp",
     "cifar10": "resnet18",
     "cifar100": "resnet18",
+    **{name: "mlp" for name in ("uci-concrete", "uci-energy", "uci-wine", "uci-yacht")},
 }
 #: How sparse linear layers are computed (:mod:`bayessparse.kernels`).
 KERNELS = ("dense", "sparse", "auto")

@@ -38,16 +38,26 @@ MC_SAMPLES = 32
 @dataclass(frozen=True)
 class GaussianPredictions:
     """A mixture of ``S`` Gaussians per input: ``means`` and ``variances`` ``(S, N)``, ``targets`` ``(N,)``,
-    ``log_weights`` ``(S,)`` (``None``: equal weights)."""
+    ``log_weights`` ``(S,)`` (``None``: equal weights), on the standardised scale the network sees.
+
+    ``scale``: the ``(m, s)`` of ``y = m + s · y_standardised`` when scores are wanted in the original units
+    (:attr:`bayessparse.data.DataBundle.target_scale`). Each component ``N(μ, σ²)`` is then scored as
+    ``N(m + sμ, s²σ²)`` against ``m + s·y``: the RMSE is ``s`` times the standardised one and the NLL the
+    standardised one plus ``log s`` (the change of variables), coverage and the PIT are unchanged.
+    """
 
     means: Tensor
     variances: Tensor
     targets: Tensor
     log_weights: Tensor | None = None
+    scale: tuple[float, float] | None = None
 
     def scores(self) -> dict[str, float]:
-        """``rmse``, ``nll``, ``coverage_50``, ``coverage_90``, ``coverage_95``."""
-        return regression_summary(self.means, self.variances, self.targets, self.log_weights)
+        """``rmse``, ``nll``, ``coverage_50``, ``coverage_90``, ``coverage_95`` (in the original units with ``scale``)."""
+        if self.scale is None:
+            return regression_summary(self.means, self.variances, self.targets, self.log_weights)
+        m, s = self.scale
+        return regression_summary(m + s * self.means, s * s * self.variances, m + s * self.targets, self.log_weights)
 
     def pit(self) -> Tensor:
         """The probability integral transform ``F_n(y_n)`` of each target, ``(N,)`` (the input of
@@ -62,12 +72,13 @@ def _regressor(model: nn.Module) -> GaussianRegressor:
 
 
 def network_predictions(model: nn.Module, dataset: Dataset, batch_size: int = 1024,
-                        device: torch.device | str = "cpu") -> GaussianPredictions:
-    """``N(f(x), s²)`` of one network on ``dataset`` (``S = 1``)."""
+                        device: torch.device | str = "cpu", scale: tuple[float, float] | None = None
+                        ) -> GaussianPredictions:
+    """``N(f(x), s²)`` of one network on ``dataset`` (``S = 1``); ``scale``: see :class:`GaussianPredictions`."""
     outputs, targets = predict_logits(_regressor(model), dataset, batch_size, device)
     means = outputs[:, 0].double()[None]
     variance = float(model.noise_scale.detach()) ** 2
-    return GaussianPredictions(means, torch.full_like(means, variance), targets.double())
+    return GaussianPredictions(means, torch.full_like(means, variance), targets.double(), scale=scale)
 
 
 def mc_predictions(run: Any, model: nn.Module, dataset: Dataset, samples: int = MC_SAMPLES,
@@ -78,7 +89,8 @@ def mc_predictions(run: Any, model: nn.Module, dataset: Dataset, samples: int = 
     means = predictive_probs(run, _regressor(model), dataset, samples, run.cfg.eval_batch_size, seed=seed)
     means = means[..., 0].double()
     variance = float(model.noise_scale.detach()) ** 2
-    return GaussianPredictions(means, torch.full_like(means, variance), labels_of(dataset).double())
+    return GaussianPredictions(means, torch.full_like(means, variance), labels_of(dataset).double(),
+                               scale=run.data.target_scale)
 
 
 def has_random_mask(run: Any) -> bool:
@@ -98,12 +110,13 @@ def regression_metrics(run: Any, model: nn.Module, fast: nn.Module | None = None
     """
     cfg, data = run.cfg, run.data
     start = time.perf_counter()
-    test = network_predictions(fast if fast is not None else model, data.test, cfg.eval_batch_size, run.device)
+    test = network_predictions(fast if fast is not None else model, data.test, cfg.eval_batch_size, run.device,
+                               data.target_scale)
     elapsed = time.perf_counter() - start
     metrics: dict[str, Any] = test.scores()
-    val = network_predictions(model, data.val, cfg.eval_batch_size, run.device).scores()
+    val = network_predictions(model, data.val, cfg.eval_batch_size, run.device, data.target_scale).scores()
     metrics.update({f"val_{k}": v for k, v in val.items()})
-    metrics["noise_scale"] = float(_regressor(model).noise_scale.detach())
+    metrics["noise_scale"] = float(_regressor(model).noise_scale.detach())  # standardised units, as trained
     metrics["inference_ms_per_example"] = 1000 * elapsed / len(test.targets)
     if has_random_mask(run):
         mc = mc_predictions(run, model, data.test, MC_SAMPLES, seed=cfg.seed).scores()

@@ -116,11 +116,13 @@ class Task(str):
 
     # ---------------------------------------------------------------- predictions and scores
 
-    def predictions(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any) -> Any:
-        """The predictive of one network on ``dataset``."""
+    def predictions(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any,
+                    scale: tuple[float, float] | None = None) -> Any:
+        """The predictive of one network on ``dataset`` (``scale``: the data's
+        :attr:`~bayessparse.data.DataBundle.target_scale`, for scores in the target's original units)."""
         raise NotImplementedError
 
-    def gp_predictions(self, out: dict[str, Tensor]) -> Any:
+    def gp_predictions(self, out: dict[str, Tensor], scale: tuple[float, float] | None = None) -> Any:
         """The predictions object of a deep GP's :func:`bayessparse.baselines.gp_predict.predict` output."""
         raise NotImplementedError
 
@@ -129,7 +131,7 @@ class Task(str):
         raise NotImplementedError
 
     def validation_scores(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any,
-                          n_bins: int, where: str) -> dict[str, float]:
+                          n_bins: int, where: str, scale: tuple[float, float] | None = None) -> dict[str, float]:
         """The scores of ``model`` on ``dataset``; outputs that are not finite are a divergence (``where``:
         the epoch and step, for the message)."""
         raise NotImplementedError
@@ -180,17 +182,18 @@ class Classification(Task):
     def loss(self, model: nn.Module, output: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(output, y)
 
-    def predictions(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any) -> ClassPredictions:
+    def predictions(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any,
+                    scale: tuple[float, float] | None = None) -> ClassPredictions:
         return ClassPredictions(*predict_probs(model, dataset, batch_size, device))
 
-    def gp_predictions(self, out: dict[str, Tensor]) -> ClassPredictions:
+    def gp_predictions(self, out: dict[str, Tensor], scale: tuple[float, float] | None = None) -> ClassPredictions:
         return ClassPredictions(out["probs"], out["labels"])
 
     def scores(self, predictions: ClassPredictions, n_bins: int) -> dict[str, float]:
         return predictions.scores(n_bins)
 
     def validation_scores(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any,
-                          n_bins: int, where: str) -> dict[str, float]:
+                          n_bins: int, where: str, scale: tuple[float, float] | None = None) -> dict[str, float]:
         predictions = self.predictions(model, dataset, batch_size, device)
         _check_finite(predictions.probs, "outputs", where)
         return predictions.scores(n_bins)
@@ -250,18 +253,19 @@ class GaussianRegression(Task):
     def require_classes(self, what: str, data: str, verb: str = "works on", hint: str = "") -> None:
         raise ConfigError(f"{what} {verb} classification data; {data!r} is a regression dataset{hint}")
 
-    def predictions(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any) -> GaussianPredictions:
-        return network_predictions(model, dataset, batch_size, device)
+    def predictions(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any,
+                    scale: tuple[float, float] | None = None) -> GaussianPredictions:
+        return network_predictions(model, dataset, batch_size, device, scale)
 
-    def gp_predictions(self, out: dict[str, Tensor]) -> GaussianPredictions:
-        return GaussianPredictions(out["means"], out["variances"], out["targets"], out["log_weights"])
+    def gp_predictions(self, out: dict[str, Tensor], scale: tuple[float, float] | None = None) -> GaussianPredictions:
+        return GaussianPredictions(out["means"], out["variances"], out["targets"], out["log_weights"], scale)
 
     def scores(self, predictions: GaussianPredictions, n_bins: int) -> dict[str, float]:
         return predictions.scores()
 
     def validation_scores(self, model: nn.Module, dataset: Dataset, batch_size: int, device: Any,
-                          n_bins: int, where: str) -> dict[str, float]:
-        predictions = self.predictions(model, dataset, batch_size, device)
+                          n_bins: int, where: str, scale: tuple[float, float] | None = None) -> dict[str, float]:
+        predictions = self.predictions(model, dataset, batch_size, device, scale)
         _check_finite(predictions.means, "outputs", where)
         _check_finite(predictions.variances, "noise scale", where, positive=True)
         return predictions.scores()

@@ -203,7 +203,7 @@ def validation_scores(run: Run, model: nn.Module) -> dict[str, float]:
     (finite weights too large for the forward pass) are a divergence, and so is a regression head's noise
     scale whose square is not a finite positive number."""
     return run.task.validation_scores(model, run.data.val, run.cfg.eval_batch_size, run.device, run.cfg.ece_bins,
-                                      where=f"epoch {run.epoch}, step {run.step}")
+                                      where=f"epoch {run.epoch}, step {run.step}", scale=run.data.target_scale)
 
 
 def recalibrate_batchnorm(run: Run, model: nn.Module) -> None:

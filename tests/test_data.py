@@ -43,7 +43,8 @@ def tensors(bundle, split):
 
 
 def test_registry_lists_every_dataset():
-    assert set(DATASETS) == {"mnist1d", "digits", "breast_cancer", "wine", "synthetic", "cifar10", "cifar100", "diabetes"}
+    assert set(DATASETS) == {"mnist1d", "digits", "breast_cancer", "wine", "synthetic", "cifar10", "cifar100", "diabetes",
+                             "uci-concrete", "uci-energy", "uci-wine", "uci-yacht"}
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED))

@@ -18,7 +18,7 @@ SMALL_REGRESSION = {"data": "diabetes", "model": "mlp", "width": 0.25, "epochs":
                     "weight_decay": 0.05}
 
 
-@pytest.mark.parametrize("name", ["mnist1d", "digits", "breast_cancer", "wine", "diabetes", "synthetic"])
+@pytest.mark.parametrize("name", ["mnist1d", "digits", "breast_cancer", "wine", "diabetes", "synthetic", "uci-yacht"])
 def test_every_dataset_trains_its_own_model_when_none_is_named(name):
     cfg = resolve({"data": name})
     assert cfg.model == DEFAULT_MODELS[name]

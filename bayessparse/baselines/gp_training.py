@@ -199,7 +199,7 @@ def scores(run: GPRun, dataset: torch.utils.data.Dataset) -> tuple[dict[str, flo
     if not all(bool(torch.isfinite(value).all()) for value in out.values() if value.is_floating_point()):
         raise TrainingDiverged(f"the deep GP's predictive became non-finite at epoch {run.epoch}, step {run.step}")
     task = run.data.task
-    return task.scores(task.gp_predictions(out), run.cfg.ece_bins), out
+    return task.scores(task.gp_predictions(out, run.data.target_scale), run.cfg.ece_bins), out
 
 
 def fit(run: GPRun, checkpoint: Path | None = None, progress: bool = True) -> None:

@@ -31,6 +31,9 @@ class DataBundle:
         task: what the data ask a network to predict (:mod:`bayessparse.tasks`): :data:`~bayessparse.tasks.CLASSIFICATION`
             (integer labels in ``[0, K)``) or :data:`~bayessparse.tasks.REGRESSION` (float32 targets of shape
             ``(N,)``, see :func:`regression_dataset`; ``num_classes`` is 1).
+        target_scale: a regression set scored in the original units of its target (the UCI benchmark): the
+            ``(mean, std)`` its standardised targets were made with, ``y = mean + std · y_standardised``;
+            ``None``: scores in the standardised units the network sees (diabetes).
     """
 
     name: str
@@ -42,6 +45,7 @@ class DataBundle:
     true_probs: dict[str, torch.Tensor] | None = None
     train_eval: Dataset | None = None
     task: Task = CLASSIFICATION
+    target_scale: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "task", named(self.task))  # a task's name is taken for its task

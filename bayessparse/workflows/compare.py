@@ -238,7 +238,7 @@ def _test_predictions(run_dir: Path, entry: Entry | None = None) -> Any:
 
         predictor = load_deep_gp(run_dir)
         data = load(predictor.cfg.data, data_seed=predictor.cfg.data_seed)
-        return data.task.gp_predictions(predictor.predict(data.test))
+        return data.task.gp_predictions(predictor.predict(data.test), data.target_scale)
     if entry is not None and entry.kind is not None:
         saved = load_torch(run_dir / PREDICTIONS)
         return ClassPredictions(ensemble_probs(saved["member_probs"]), saved["labels"])
@@ -246,7 +246,7 @@ def _test_predictions(run_dir: Path, entry: Entry | None = None) -> Any:
     if entry is not None and entry.temperature:
         predict, _ = temperature_scaled(run, model_predictor(run, model))
         return ClassPredictions(predict(run.data.test).softmax(-1), labels_of(run.data.test))
-    return run.task.predictions(model, run.data.test, run.cfg.eval_batch_size, run.device)
+    return run.task.predictions(model, run.data.test, run.cfg.eval_batch_size, run.device, run.data.target_scale)
 
 
 def _temperature_record(run_dir: Path, n_bins: int) -> dict[str, Any]:
