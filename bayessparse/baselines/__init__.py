@@ -14,6 +14,7 @@ classify (softmax likelihood) and regress (Gaussian likelihood, e.g. ``data="dia
 - :mod:`~bayessparse.baselines.deep_gp` -- the layers, models, likelihoods and objectives;
 - :mod:`~bayessparse.baselines.gp_predict` -- predictive probabilities and Gaussian mixtures;
 - :mod:`~bayessparse.baselines.gp_training` -- training, checkpoints, metrics, the run folder.
+- :mod:`~bayessparse.baselines.exact_gp` -- an exact GP regressor (ARD RBF), the strong small-data reference.
 
 Example::
 
