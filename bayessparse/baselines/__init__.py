@@ -15,6 +15,8 @@ classify (softmax likelihood) and regress (Gaussian likelihood, e.g. ``data="dia
 - :mod:`~bayessparse.baselines.gp_predict` -- predictive probabilities and Gaussian mixtures;
 - :mod:`~bayessparse.baselines.gp_training` -- training, checkpoints, metrics, the run folder.
 - :mod:`~bayessparse.baselines.exact_gp` -- an exact GP regressor (ARD RBF), the strong small-data reference.
+- :mod:`~bayessparse.baselines.mc_dropout` -- dense MC dropout on a grid of rates and precisions, the UCI
+  benchmark's reference method.
 
 Example::
 
