@@ -52,6 +52,7 @@ DEFAULT_OOD = {
     "synthetic": "far-shift",
     "cifar10": "noise",
     "cifar100": "noise",
+    **{name: "feature-shift" for name in ("uci-concrete", "uci-energy", "uci-wine", "uci-yacht")},  # regression
 }
 
 FEATURE_SHIFT_STDS = 3.0
