@@ -45,10 +45,10 @@ class TrainConfig:
     update_alpha: float = 0.3  # α, initial fraction of active weights moved per update
     update_end: float = 0.75  # T_end / T, mask updates stop after this fraction of steps
     explore_c: float = 1.0  # DST-EE exploration weight c
-    drop_rate: float = 0.01  # CigL: probability that an active weight is dropped by Z (docs/results.md)
+    drop_rate: float = 0.02  # CigL: probability that an active weight is dropped by Z (the sweep of docs/results.md)
     averaging_start: float = 0.8  # CigL, vcigl: T* / T, weight averaging starts after this fraction
     guide: str = "map"  # vcigl: q(W | Z) on the kept weights, "map" (point mass) or "gaussian" (learned σ)
-    keep_prior: float = 0.99  # vcigl: p₀ of the prior Z ~ Bernoulli(p₀) (docs/results.md)
+    keep_prior: float = 0.98  # vcigl: p₀ of the prior Z ~ Bernoulli(p₀) (the sweep of docs/results.md)
     keep_init: float | None = None  # vcigl: initial learned keep probability (None: keep_prior)
     keep_shape: str = "layer"  # vcigl: one keep probability per "layer" or per output "unit"
     keep_temperature: float = 0.1  # vcigl: temperature of the relaxed Bernoulli q(Z)

@@ -27,7 +27,7 @@ calibration:
   rows: [dense, rigl, rigl+ts, rigl+mcdp, cigl]
   corruptions: [mlp]
   reliability: {setup: mlp, sparsity: 0.9}
-drop_rate: {setups: [mlp], rates: [0.01, 0.2], sparsities: [0.9]}
+drop_rate: {setups: [mlp], rates: [0.02, 0.2], sparsities: [0.9]}
 """
 
 
@@ -115,7 +115,7 @@ def test_study_trains_scores_reports_and_resumes(tmp_path):
     docs = tmp_path / "docs"
     docs.mkdir()
     first = run_study(spec, out, docs=docs, progress=False)
-    # dense x2, rigl x2 (shared by rigl+ts and the drop-rate reference), rigl-wdp x2, cigl 0.01 x2, cigl 0.2 x2
+    # dense x2, rigl x2 (shared by rigl+ts and the drop-rate reference), rigl-wdp x2, cigl 0.02 (the default) x2, cigl 0.2 x2
     assert first["cells"] == 10
     report = (out / "results.md").read_text()
     assert (docs / "results.md").read_text() == report
@@ -131,7 +131,7 @@ def test_study_trains_scores_reports_and_resumes(tmp_path):
     # temperature scaling keeps the accuracy; MC-DP has its own numbers
     acc = _table(report, "accuracy")
     assert acc["RigL + TS"] == acc["RigL"]
-    assert "CigL, drop 0.2" in report and re.search(r"\| 0\.9 \| CigL, drop 0\.01 \|", report)
+    assert "CigL, drop 0.2" in report and re.search(r"\| 0\.9 \| CigL, drop 0\.02 \|", report)
 
     # a second run trains nothing and writes the same report
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("checkpoint.pt")}

@@ -40,9 +40,9 @@ class CigL(SparseTraining):
         drop_rate: probability ``1 - p`` that an active weight is dropped in a step. The paper's text
             suggests about 10 %, but the official code drops 1 % in every published configuration (its
             drop-rate argument never reaches the masking object, so the 1/100 default always applies).
-            The library default, 0.01, is the official code's and the one the committed drop-rate sweep
-            supports (docs/results.md): at 10 % a small network loses several accuracy points to the
-            per-step noise, at 1 % CigL matches or beats RigL's accuracy and calibration.
+            The library default, 0.02, is the one the committed drop-rate sweep's rule picks
+            (docs/results.md, "Choosing the default"); at 10 % a small network loses several accuracy
+            points to the per-step noise.
         averaging_start: ``T* / T``; averaging starts at the first epoch end with
             ``t >= max(T*, T_end)``.
         snapshot: ``"expected"`` or ``"sampled"`` (see :mod:`.averaging`).
@@ -54,7 +54,7 @@ class CigL(SparseTraining):
             :attr:`fused` stays ``False`` and CigL keeps the eager path.
     """
 
-    def __init__(self, *args: Any, drop_rate: float = 0.01, averaging_start: float = 0.8,
+    def __init__(self, *args: Any, drop_rate: float = 0.02, averaging_start: float = 0.8,
                  snapshot: str = "expected", fused: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("grow", GradientGrow())
         super().__init__(*args, **kwargs)

@@ -47,7 +47,7 @@ class VariationalCigL(SparseTraining):
         averaging_start: ``T* / T`` (as CigL's).
     """
 
-    def __init__(self, *args: Any, guide: str = "map", keep_prior: float = 0.99, keep_init: float | None = None,
+    def __init__(self, *args: Any, guide: str = "map", keep_prior: float = 0.98, keep_init: float | None = None,
                  keep_shape: str = "layer", keep_temperature: float = 0.1, averaging_start: float = 0.8,
                  **kwargs: Any) -> None:
         kwargs.setdefault("grow", GradientGrow())
