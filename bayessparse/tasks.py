@@ -99,10 +99,6 @@ class Task(str):
         """The module trained for this task around ``net`` (``net`` itself, or a head holding more parameters)."""
         return net
 
-    def outputs(self, num_classes: int) -> int:
-        """How many outputs the network has for data with ``num_classes`` (1 for a regression set)."""
-        return num_classes
-
     def loss(self, model: nn.Module, output: Tensor, y: Tensor) -> Tensor:
         """The mean negative log-likelihood of ``y`` under ``model``'s ``output`` (the training loss)."""
         raise NotImplementedError
@@ -239,9 +235,6 @@ class GaussianRegression(Task):
 
     def network(self, net: nn.Module) -> nn.Module:
         return GaussianRegressor(net)
-
-    def outputs(self, num_classes: int) -> int:
-        return 1
 
     def loss(self, model: nn.Module, output: Tensor, y: Tensor) -> Tensor:
         return gaussian_nll(output, y, model.log_noise)
