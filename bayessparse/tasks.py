@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from bayessparse.errors import ConfigError, TrainingDiverged
-from bayessparse.likelihoods import GaussianRegressor, gaussian_nll
+from bayessparse.likelihoods import GaussianRegressor
 from bayessparse.predict import predict_probs
 from bayessparse.regressors import GaussianPredictions, network_predictions, regression_metrics
 from bayessparse.uncertainty.metrics import summary
@@ -237,7 +237,7 @@ class GaussianRegression(Task):
         return GaussianRegressor(net)
 
     def loss(self, model: nn.Module, output: Tensor, y: Tensor) -> Tensor:
-        return gaussian_nll(output, y, model.log_noise)
+        return model.nll(output, y)
 
     def check_method(self, method: Any, method_name: str, data: str) -> None:
         if not method.regression:
