@@ -339,6 +339,42 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def _splits(text: str) -> list[int]:
+    """``20`` means splits 0..19; ``0,3,7`` lists them; ``2-5`` is a range."""
+    try:
+        if "-" in text and "," not in text:
+            low, high = (int(v) for v in text.split("-"))
+            return list(range(low, high + 1))
+        values = [int(v) for v in _names(text)]
+    except ValueError:
+        raise ConfigError(f"--splits must be a count, a list 0,3,7 or a range 2-5, got {text!r}") from None
+    if len(values) == 1 and "," not in text:
+        if values[0] < 1:
+            raise ConfigError(f"--splits count must be >= 1, got {values[0]}")
+        return list(range(values[0]))
+    return values
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from bayessparse.workflows.uci import QUICK_SETS, QUICK_SPLITS, run_benchmark
+
+    sets = _names(args.datasets) if args.datasets else list(QUICK_SETS if args.quick else
+                                                            ("concrete", "energy", "wine", "yacht"))
+    splits = _splits(args.splits) if args.splits else list(QUICK_SPLITS if args.quick else range(20))
+    out = args.out if args.out is not None else Path("runs/uci-quick" if args.quick else "runs/uci")
+    words = ["benchmark uci"] + (["--quick"] if args.quick else [])
+    words += [f"--datasets {args.datasets}"] if args.datasets else []
+    words += [f"--splits {args.splits}"] if args.splits else []
+    words += [f"--rows {args.rows}"] if args.rows else []
+    words += [f"--out {out}"] + ([f"--docs {args.docs}"] if args.docs is not None else [])
+    result = run_benchmark(sets, splits, out, rows=_names(args.rows) if args.rows else None, quick=args.quick,
+                           jobs=_workers(args.jobs), docs=args.docs, progress=not args.no_progress,
+                           command="bayessparse " + " ".join(words))
+    print(f"{result['units']} units ({result['trained']} trained now) in {result['seconds']:.0f} s "
+          f"-> {', '.join(result['report'])}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bayessparse", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -422,6 +458,23 @@ def build_parser() -> argparse.ArgumentParser:
                             "the report says how many and which versions")
     study.set_defaults(func=cmd_study)
 
+    bench_uci = sub.add_parser("benchmark", help="the UCI regression benchmark on its published splits")
+    bench_uci.add_argument("suite", choices=("uci",), help="the benchmark to run (uci)")
+    bench_uci.add_argument("--datasets", help="comma-separated: concrete, energy, wine, yacht (default: all four; "
+                           "--quick: yacht, energy)")
+    bench_uci.add_argument("--splits", help="a count (20 = splits 0..19, the default), a list 0,3,7 or a range 2-5 "
+                           "(--quick: 0,1)")
+    bench_uci.add_argument("--rows", help="comma-separated rows (default: all): " + ", ".join(
+        ("dense", "mc-dropout", "rigl-90", "cigl-90", "vcigl-90", "rigl-95", "cigl-95", "exact-gp", "dspp", "dgp")))
+    bench_uci.add_argument("--quick", action="store_true", help="two sets, two splits, a tenth of the training")
+    bench_uci.add_argument("--jobs", type=int, default=None, help="units run side by side (default: one per core)")
+    bench_uci.add_argument("--out", type=_folder, help="output folder (default: runs/uci or runs/uci-quick); "
+                           "re-running continues it")
+    bench_uci.add_argument("--docs", type=Path, help="also write the report section into <docs>/results.md and its "
+                           "figure into <docs>/figures")
+    bench_uci.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench_uci.set_defaults(func=cmd_benchmark)
+
     export = sub.add_parser("export", help="the evaluated network of a finished run as a compact safetensors file")
     export.add_argument("run", type=Path, help="run folder (written by train or compare)")
     export.add_argument("--out", type=Path, required=True, help="the file to write, e.g. model.safetensors")
@@ -451,6 +504,7 @@ CONTINUE = {
     "ensemble": "; the same command continues it",
     "study": "; the same command continues it",
     "compare": "; the same command continues it",
+    "benchmark": "; the same command continues it",
 }
 
 

@@ -43,6 +43,7 @@ KINDS = {
     "study": "a study",
     "compare": "a comparison",
     "deep-gp": "a deep GP baseline run",
+    "uci-benchmark": "a UCI benchmark",
 }
 #: The files of a run folder: ``train`` writes the first four, ``evaluate`` the rest (the names of
 #: ``bayessparse.train`` and ``bayessparse.workflows.evaluate``). No output flag may name one of them.

@@ -49,7 +49,8 @@ from torch.distributions import Categorical
 from bayessparse.baselines.kmeans import kmeans
 from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
 
-__all__ = ["MixedSoftmaxLikelihood", "TwoLayerDGP", "TwoLayerDSPP", "build_model", "objective", "pca_projection"]
+__all__ = ["MixedSoftmaxLikelihood", "TwoLayerDGP", "TwoLayerDSPP", "build_model", "free_parameters", "objective",
+           "pca_projection"]
 
 
 class MixedSoftmaxLikelihood(SoftmaxLikelihood):
@@ -192,3 +193,16 @@ def objective(model: TwoLayerDGP | TwoLayerDSPP, num_data: int, beta: float) -> 
     if isinstance(model, DSPP):
         return DeepPredictiveLogLikelihood(model.likelihood, model, num_data=num_data, beta=beta)
     return DeepApproximateMLL(VariationalELBO(model.likelihood, model, num_data=num_data, beta=beta))
+
+
+def free_parameters(model: torch.nn.Module) -> int:
+    """The number of parameters the model uses: each variational Cholesky factor ``L`` (``M × M``, of which
+    only the lower triangle enters ``S = L Lᵀ``) counts ``M (M + 1) / 2`` entries per GP, not ``M²``."""
+    total = 0
+    for name, p in model.named_parameters():
+        if name.endswith("chol_variational_covar") and p.dim() >= 2 and p.shape[-1] == p.shape[-2]:
+            m = p.shape[-1]
+            total += p.numel() // (m * m) * (m * (m + 1) // 2)
+        else:
+            total += p.numel()
+    return total

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from bayessparse import checkpoints
 from bayessparse import data as datasets
-from bayessparse.baselines.deep_gp import TwoLayerDGP, TwoLayerDSPP, build_model, objective
+from bayessparse.baselines.deep_gp import TwoLayerDGP, TwoLayerDSPP, build_model, free_parameters, objective
 from bayessparse.baselines.gp_config import DEFAULTS, DeepGPConfig
 from bayessparse.baselines.gp_predict import DeepGPPredictor, predict
 from bayessparse.batches import batches, num_batches
@@ -241,7 +241,7 @@ def evaluate(run: GPRun) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         epochs=cfg.epochs,
         train_seconds=run.train_seconds,
         inference_ms_per_example=1000 * elapsed / len(run.data.test),
-        parameters=sum(p.numel() for p in run.model.parameters()),
+        parameters=free_parameters(run.model),  # the Cholesky factors' lower triangles only
         history=run.history,
     )
     return metrics, out

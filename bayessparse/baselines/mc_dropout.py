@@ -55,14 +55,16 @@ class _Grid(nn.Module):
         self.w2 = nn.Parameter(glorot(hidden, 1))
         self.b2 = nn.Parameter(torch.zeros(grid, 1, 1, dtype=torch.float64))
 
-    def forward(self, x: Tensor, rates: Tensor, generator: torch.Generator) -> Tensor:
-        """``(G, B)`` outputs for inputs ``(B, D)``, each network under its own dropout rate (always on)."""
+    def forward(self, x: Tensor, rates: Tensor, generator: torch.Generator, points: Tensor | None = None) -> Tensor:
+        """``(G, B)`` outputs for inputs ``(B, D)``, each network under its own dropout rate (always on);
+        ``points``: only these networks (``rates`` then holds theirs)."""
+        w1, b1, w2, b2 = (p if points is None else p[points] for p in (self.w1, self.b1, self.w2, self.b2))
         keep = (1 - rates)[:, None, None]
         h = x.expand(len(rates), *x.shape)
         h = h * (torch.rand(h.shape, generator=generator, dtype=h.dtype) < keep) / keep
-        h = torch.relu(torch.bmm(h, self.w1) + self.b1)
+        h = torch.relu(torch.bmm(h, w1) + b1)
         h = h * (torch.rand(h.shape, generator=generator, dtype=h.dtype) < keep) / keep
-        return (torch.bmm(h, self.w2) + self.b2)[..., 0]
+        return (torch.bmm(h, w2) + b2)[..., 0]
 
 
 @dataclass
@@ -81,14 +83,17 @@ class MCDropoutGrid:
 
     @torch.no_grad()
     def predict(self, x: Tensor, y: Tensor, scale: tuple[float, float] | None = None, samples: int = 1000,
-                batch: int = 100) -> list[GaussianPredictions]:
-        """Per grid point, the mixture of ``samples`` passes with noise ``1/κ`` on the standardised scale
-        (``1/τ`` in the original units; ``scale``: scored as :class:`~bayessparse.regressors.GaussianPredictions`)."""
+                batch: int = 100, points: Sequence[int] | None = None) -> list[GaussianPredictions]:
+        """Per grid point (or per one of ``points``), the mixture of ``samples`` passes with noise ``1/κ`` on the
+        standardised scale (``1/τ`` in the original units; ``scale``: scored as
+        :class:`~bayessparse.regressors.GaussianPredictions`)."""
+        index = torch.arange(len(self.rates)) if points is None else torch.as_tensor(list(points), dtype=torch.long)
+        rates = self.rates[index]
         generator = torch.Generator().manual_seed(self.seed + 1)
-        draws = torch.cat([torch.stack([self.net(x.double(), self.rates, generator) for _ in range(min(batch, samples - i))])
+        draws = torch.cat([torch.stack([self.net(x.double(), rates, generator, index) for _ in range(min(batch, samples - i))])
                            for i in range(0, samples, batch)])  # (T, G, N)
-        return [GaussianPredictions(draws[:, g], torch.full_like(draws[:, g], 1 / float(kappa)), y.double(), scale=scale)
-                for g, kappa in enumerate(self.precisions)]
+        return [GaussianPredictions(draws[:, j], torch.full_like(draws[:, j], 1 / float(self.precisions[g])), y.double(),
+                                    scale=scale) for j, g in enumerate(index.tolist())]
 
 
 def fit_grid(x: Tensor, y: Tensor, *, rates: Sequence[float] = DROPOUT_RATES, precisions: Sequence[float] = PRECISIONS,

@@ -122,12 +122,22 @@ def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs:
         targets = [out] + ([Path(docs)] if docs is not None else [])
         for target in targets:
             report = _report(spec, root, scores, target / "figures", command, len(cells), kept)
-            write_text(target / RESULTS, report.text())
+            write_text(target / RESULTS, keep_benchmark_section(target / RESULTS, report.text()))
             write_text(target / RECORDS, records)
     versions = distinct([v for s in stale for v in s.versions])
     return {"cells": len(cells), "seconds": seconds, "report": [str(t / RESULTS) for t in targets],
             "stale_retrained": 0 if reuse_stale else len(stale), "stale_kept": len(stale) if reuse_stale else 0,
             "stale_versions": versions}
+
+
+def keep_benchmark_section(path: Path, text: str) -> str:
+    """``text`` with the UCI benchmark's section of the existing ``path`` appended (the study rewrites its own
+    sections only; ``bayessparse benchmark uci --docs`` owns that one)."""
+    from bayessparse.workflows.uci.report import SECTION_END, SECTION_START, splice
+
+    old = path.read_text() if path.exists() else ""
+    start, end = old.find(SECTION_START), old.find(SECTION_END)
+    return splice(text, old[start:end + len(SECTION_END)] + "\n") if 0 <= start < end else text
 
 
 def _stale_line(stale: Sequence[Stale], n_cells: int, reuse: bool) -> str:
