@@ -14,7 +14,8 @@ from bayessparse.cli import main
 from bayessparse.data import load
 from bayessparse.regressors import GaussianPredictions
 from bayessparse.workflows.uci import fitting, run_benchmark
-from bayessparse.workflows.uci.report import PUBLISHED, SECTION_END, SECTION_START, splice, summarise, verdicts
+from bayessparse.workflows.study import keep_benchmark_section
+from bayessparse.workflows.uci.report import PUBLISHED, SECTION_END, SECTION_START, section_id, splice, summarise, verdicts
 from bayessparse.workflows.uci.rows import ROWS, Budget, Row, budget
 from bayessparse.workflows.uci.units import Unit, fit_unit, posthoc
 
@@ -131,11 +132,23 @@ def test_t1_and_t2_count_sets_against_the_published_value_and_the_best_gp():
     assert "**T4** (the full benchmark): not measured" in lines
 
 
-def test_the_section_replaces_its_previous_version_and_keeps_the_rest():
-    doc = f"# Results\n\nstudy text\n\n{SECTION_START}\nold\n{SECTION_END}\n\nafter\n"
-    new = splice(doc, f"{SECTION_START}\nnew\n{SECTION_END}\n")
-    assert "new" in new and "old" not in new and "study text" in new and new.endswith("after\n")
-    assert splice("# Results\n", f"{SECTION_START}\nx\n{SECTION_END}\n").startswith("# Results\n\n" + SECTION_START)
+def _section(name, body):
+    return f"{SECTION_START.format(name)}\n{body}\n{SECTION_END.format(name)}\n"
+
+
+def test_a_section_replaces_its_previous_version_and_keeps_the_rest():
+    doc = f"# Results\n\nstudy text\n\n{_section('uci', 'old')}\n{_section('diabetes', 'other')}\nafter\n"
+    new = splice(doc, _section("uci", "new"))
+    assert "new" in new and "old" not in new and "other" in new and "study text" in new and new.endswith("after\n")
+    assert splice("# Results\n", _section("uci", "x")) == "# Results\n\n" + _section("uci", "x")
+    assert section_id(["uci-yacht", "uci-wine"]) == "uci" and section_id(["diabetes"]) == "diabetes"
+
+
+def test_the_study_keeps_the_benchmark_sections_when_it_rewrites_results_md(tmp_path):
+    path = tmp_path / "results.md"
+    path.write_text(f"# Results\n\nold study\n\n{_section('uci', 'the benchmark')}")
+    text = keep_benchmark_section(path, "# Results\n\nnew study\n")
+    assert text == f"# Results\n\nnew study\n\n{_section('uci', 'the benchmark')}"
 
 
 def test_deep_gp_parameters_count_only_the_lower_triangle_of_each_cholesky_factor():
@@ -159,15 +172,41 @@ def test_the_benchmark_writes_its_report_and_continues_without_training_again(tm
     assert first["trained"] == 4 and not first["timing"]["complete"]  # a subset: T4 is not measured by it
     text = (docs / "results.md").read_text()
     assert text.startswith("# Results\n\nthe study") and "| published MC dropout (Gal and Ghahramani 2016) | 0.67 ± 0.05 |" in text
-    assert (docs / "figures" / "uci_loglik.svg").exists() and (tmp_path / "out" / "uci.md").exists()
+    assert (docs / "figures" / "uci_loglik.svg").exists() and (tmp_path / "out" / "report.md").exists()
     again = run_benchmark(["yacht"], [0, 1], tmp_path / "out", rows=["dense", "exact-gp"], progress=False)
-    assert again["trained"] == 0
+    assert again["trained"] == 0 and again["timing"]["trained"] == 4 and len(again["timing"]["invocations"]) == 1
     record = json.loads((tmp_path / "out" / "units" / "uci-yacht" / "dense" / "split-01.json").read_text())
     assert record["key"]["split"] == 1 and set(record["choice"]) == {"lr", "weight_decay"}
 
 
+def test_diabetes_runs_with_the_bayesian_ridge_row_in_its_own_section(tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    result = run_benchmark(["diabetes"], [0], tmp_path / "out", rows=["bayesian-ridge"], docs=docs, progress=False)
+    text = (docs / "results.md").read_text()
+    assert result["trained"] == 1 and "## Regression benchmark: diabetes" in text and "### Targets" not in text
+    assert "| Bayesian linear regression | " in text and (docs / "figures" / "diabetes_loglik.svg").exists()
+    record = json.loads((tmp_path / "out" / "units" / "diabetes" / "bayesian-ridge" / "split-00.json").read_text())
+    # sklearn's evidence maximisation on 10 features: the test NLL of a linear model on standardised targets
+    assert 0.9 < record["test"]["nll"] < 1.3 and record["nonzero"] == 13
+
+
+def test_the_timing_sums_the_invocations_that_trained_units_of_the_whole_benchmark(tmp_path):
+    from bayessparse.workflows.uci import _timing
+
+    units = [object()] * 3
+    first = _timing(tmp_path, units, True, 2, 10.0, 2, True)
+    (tmp_path / "timing.json").write_text(json.dumps(first))
+    second = _timing(tmp_path, units, True, 1, 5.0, 2, True)
+    assert not first["complete"] and second["complete"] and second["seconds"] == 15.0 and second["trained"] == 3
+    (tmp_path / "timing.json").write_text(json.dumps(second))
+    assert _timing(tmp_path, units, True, 0, 0.1, 2, True)["seconds"] == 15.0  # nothing trained: unchanged
+    assert not _timing(tmp_path, units, False, 3, 1.0, 2, True)["complete"]  # a subset is never T4
+
+
 @pytest.mark.parametrize("flags, field", [
     (["--datasets", "boston"], "--datasets"),
+    (["--datasets", "digits"], "--datasets"),
     (["--splits", "25"], "--splits"),
     (["--splits", "x"], "--splits"),
     (["--rows", "dense,magic"], "--rows"),

@@ -37,6 +37,7 @@ def plot_loglik(summary: Mapping[str, Mapping[str, tuple[float, float]]], rows: 
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(list(ys), [label for _, label in rows])
     axes[0].invert_yaxis()
-    axes[0].legend(loc="lower left", fontsize="small")
+    if any(name in published for name in sets):
+        axes[0].legend(loc="lower left", fontsize="small")
     save_figure(fig, path)
     return fig

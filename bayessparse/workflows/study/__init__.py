@@ -131,13 +131,13 @@ def run_study(spec_path: str | Path, out: str | Path, *, workers: int = 1, docs:
 
 
 def keep_benchmark_section(path: Path, text: str) -> str:
-    """``text`` with the UCI benchmark's section of the existing ``path`` appended (the study rewrites its own
-    sections only; ``bayessparse benchmark uci --docs`` owns that one)."""
-    from bayessparse.workflows.uci.report import SECTION_END, SECTION_START, splice
+    """``text`` with the benchmark sections of the existing ``path`` spliced in (the study rewrites its own
+    sections only; ``bayessparse benchmark uci --docs`` owns those)."""
+    from bayessparse.workflows.uci.report import sections, splice
 
-    old = path.read_text() if path.exists() else ""
-    start, end = old.find(SECTION_START), old.find(SECTION_END)
-    return splice(text, old[start:end + len(SECTION_END)] + "\n") if 0 <= start < end else text
+    for section in sections(path.read_text() if path.exists() else ""):
+        text = splice(text, section)
+    return text
 
 
 def _stale_line(stale: Sequence[Stale], n_cells: int, reuse: bool) -> str:

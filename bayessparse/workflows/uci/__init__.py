@@ -4,12 +4,14 @@ The benchmark (Hernández-Lobato and Adams, ICML 2015; the protocol of every dee
 ensemble paper since) trains each row of :mod:`.rows` on each split of each set, chooses its hyper-parameters
 on the split's validation part (:mod:`.fitting`), scores it on the published test rows in the target's original
 units with the two post-hoc fixes beside it (:mod:`.units`), and writes a report section with the published
-numbers and a verdict per target (:mod:`.report`) into ``<out>/uci.md`` and, with ``docs``, into
-``docs/results.md`` between its markers (the figure into ``<docs>/figures/uci_loglik.svg``).
+numbers and a verdict per target (:mod:`.report`) into ``<out>/report.md`` and, with ``docs``, into
+``docs/results.md`` between its markers (the figure into ``<docs>/figures/<section>_loglik.svg``; the section
+is ``uci`` for UCI sets and is named after the sets otherwise, e.g. ``diabetes``).
 
 Units run side by side (``jobs``); each writes its record when it finishes, so re-running the same command
-continues an interrupted benchmark. The wall time of an invocation that trains every unit from scratch is the
-T4 measurement; one output folder has one writer at a time.
+continues an interrupted benchmark. ``timing.json`` sums the wall time of the invocations that trained units
+(the T4 measurement, when together they trained every unit of the whole benchmark); one output folder has one
+writer at a time.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from bayessparse.files import write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.jobs import run_jobs
 from bayessparse.plots.benchmark import plot_loglik
-from bayessparse.workflows.uci.report import PUBLISHED, report_text, summarise, write_section
-from bayessparse.workflows.uci.rows import ROWS, budget, check_rows
+from bayessparse.workflows.uci.report import PUBLISHED, report_text, section_id, summarise, write_section
+from bayessparse.workflows.uci.rows import DEFAULT_ROWS, budget, check_rows
 from bayessparse.workflows.uci.units import Unit, fit_unit, read_record
 
 __all__ = ["QUICK_SETS", "QUICK_SPLITS", "check_sets", "check_splits", "run_benchmark"]
@@ -35,37 +37,57 @@ __all__ = ["QUICK_SETS", "QUICK_SPLITS", "check_sets", "check_splits", "run_benc
 #: ``--quick``: two sets, two splits
 QUICK_SETS = ("uci-energy", "uci-yacht")
 QUICK_SPLITS = (0, 1)
-REPORT = "uci.md"
-FIGURE = "uci_loglik.svg"
+REPORT = "report.md"
+TIMING = "timing.json"
 
 
 def check_sets(names: Sequence[str]) -> list[str]:
-    """The UCI sets named (``concrete`` or ``uci-concrete``), in the registry's order; one-line error otherwise."""
-    full = [n if n.startswith("uci-") else f"uci-{n}" for n in names]
-    unknown = [n for n in full if n not in UCI_SETS]
+    """The sets named: UCI sets (``concrete`` or ``uci-concrete``, in the registry's order) and any other
+    regression dataset (``diabetes``, whose ``data_seed`` draws its split); one-line error otherwise."""
+    from bayessparse.data import DATASETS, task_of
+    from bayessparse.tasks import REGRESSION
+
+    full = [f"uci-{n}" if f"uci-{n}" in UCI_SETS else n for n in names]
+    unknown = [n for n in full if n not in DATASETS or task_of(n) != REGRESSION]
     if unknown or not full:
-        raise ConfigError(f"--datasets: unknown UCI set(s) {', '.join(unknown) or '(none given)'} "
-                          f"(choose from: {', '.join(s.removeprefix('uci-') for s in UCI_SETS)})")
-    return [s for s in UCI_SETS if s in full]
+        others = [n for n in DATASETS if task_of(n) == REGRESSION and n not in UCI_SETS]
+        raise ConfigError(f"--datasets: unknown regression set(s) {', '.join(unknown) or '(none given)'} "
+                          f"(choose from: {', '.join([s.removeprefix('uci-') for s in UCI_SETS] + others)})")
+    return [s for s in UCI_SETS if s in full] + [s for s in dict.fromkeys(full) if s not in UCI_SETS]
 
 
 def check_splits(splits: Sequence[int], sets: Sequence[str]) -> list[int]:
-    """Split indices valid for every set (each has 20); one-line error naming ``--splits`` otherwise."""
+    """Split indices valid for every set (a UCI set has 20; elsewhere any ``data_seed``); one-line error
+    naming ``--splits`` otherwise."""
     if not splits or any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in splits):
         raise ConfigError(f"--splits must be split indices >= 0, got {list(splits)}")
     for name in sets:
-        try:
-            read_split(name, max(splits))
-        except ConfigError as exc:
-            raise ConfigError(f"--splits: {exc}") from None
+        if name in UCI_SETS:
+            try:
+                read_split(name, max(splits))
+            except ConfigError as exc:
+                raise ConfigError(f"--splits: {exc}") from None
     return sorted(set(splits))
 
 
-def _timing(units: list[Unit], full: bool, fresh: int, seconds: float, jobs: int, quick: bool) -> dict[str, Any]:
-    """The T4 record: ``complete`` only when this invocation trained every unit of the whole benchmark (every
-    set, split and row; with ``quick``, of ``--quick``'s sets and splits)."""
-    return {"seconds": seconds, "units": len(units), "trained": fresh, "complete": full and fresh == len(units),
-            "jobs": jobs, "cores": os.cpu_count(), "quick": quick}
+def _timing(out: Path, units: list[Unit], whole: bool, fresh: int, seconds: float, jobs: int,
+            quick: bool) -> dict[str, Any]:
+    """The T4 record, with this invocation added to the earlier ones that trained units of the same plan:
+    ``seconds`` and ``trained`` are their sums; ``complete`` when the plan is the whole benchmark (every set,
+    split and row; with ``quick``, --quick's) and those invocations trained every unit of it."""
+    try:
+        saved = json.loads((out / TIMING).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    same = saved.get("units") == len(units) and saved.get("quick") == quick and saved.get("whole") == whole
+    invocations = list(saved.get("invocations", [])) if same else []
+    if fresh:
+        invocations.append({"seconds": seconds, "trained": fresh, "jobs": jobs, "cores": os.cpu_count()})
+    trained = sum(i["trained"] for i in invocations)
+    return {"units": len(units), "quick": quick, "whole": whole, "invocations": invocations,
+            "seconds": sum(i["seconds"] for i in invocations), "trained": trained,
+            "complete": whole and trained >= len(units),
+            "jobs": max((i["jobs"] for i in invocations), default=jobs), "cores": os.cpu_count()}
 
 
 def run_benchmark(sets: Sequence[str], splits: Sequence[int], out: str | Path, *, rows: Sequence[str] | None = None,
@@ -75,7 +97,7 @@ def run_benchmark(sets: Sequence[str], splits: Sequence[int], out: str | Path, *
     invocation), ``seconds``, ``report`` (the files written) and the ``timing`` record."""
     sets = check_sets(list(sets))
     splits = check_splits(list(splits), sets)
-    chosen = check_rows(list(rows) if rows is not None else list(ROWS))
+    chosen = check_rows(list(rows) if rows is not None else list(DEFAULT_ROWS))
     if docs is not None and not Path(docs).is_dir():
         raise ConfigError(f"--docs: folder {docs} does not exist")
     out = check_writable(out)
@@ -86,37 +108,24 @@ def run_benchmark(sets: Sequence[str], splits: Sequence[int], out: str | Path, *
     with exclusive(out, "run a UCI benchmark", kind="uci-benchmark"):
         fresh = sum(read_record(u) is None for u in units)
         start = time.perf_counter()
-        records = run_jobs(fit_unit, units, jobs, progress=progress, desc="uci")
+        records = run_jobs(fit_unit, units, jobs, progress=progress, desc="benchmark")
         seconds = time.perf_counter() - start
-        whole = (sets, splits) == ((list(QUICK_SETS), list(QUICK_SPLITS)) if quick else (list(UCI_SETS), list(range(20))))
-        timing = _timing(units, whole and len(chosen) == len(ROWS), fresh, seconds, jobs, quick)
-        if fresh:
-            write_json(out / "timing.json", timing)
-        else:
-            timing = _previous_timing(out, timing)
+        whole = len(chosen) == len(DEFAULT_ROWS) and (sets, splits) == (
+            (list(QUICK_SETS), list(QUICK_SPLITS)) if quick else (list(UCI_SETS), list(range(20))))
+        timing = _timing(out, units, whole, fresh, seconds, jobs, quick)
+        write_json(out / TIMING, timing)
         summary, pooled, diverged = summarise(records)
         targets = [out] + ([Path(docs)] if docs is not None else [])
         written = []
+        section = section_id(sets)
         for target in targets:
-            figure = target / "figures" / FIGURE
+            figure = f"figures/{section}_loglik.svg"
             plot_loglik({s: {r: v["loglik"][:2] for r, v in summary[s].items()} for s in summary},
-                        [(r.name, r.label) for r in chosen], {s: (p[2], p[3]) for s, p in PUBLISHED.items()}, figure)
-            text = report_text(summary, pooled, diverged, [r.name for r in chosen], splits, plan, timing, command,
-                               f"figures/{FIGURE}")
-            if target == out:
-                write_text(out / REPORT, text)
-                written.append(str(out / REPORT))
-            else:
-                write_section(target / "results.md", text)
-                written.append(str(target / "results.md"))
+                        [(r.name, r.label) for r in chosen], {s: (p[2], p[3]) for s, p in PUBLISHED.items()},
+                        target / figure)
+            text = report_text(section, summary, pooled, diverged, [r.name for r in chosen], splits, plan, timing,
+                               command, figure)
+            path = out / REPORT if target == out else target / "results.md"
+            write_text(path, text) if target == out else write_section(path, section, text)
+            written.append(str(path))
     return {"units": len(units), "trained": fresh, "seconds": seconds, "report": written, "timing": timing}
-
-
-def _previous_timing(out: Path, current: dict[str, Any]) -> dict[str, Any]:
-    """Nothing was trained this time: the timing of the invocation that trained the units, if recorded."""
-    try:
-        saved = json.loads((out / "timing.json").read_text())
-    except (OSError, ValueError):
-        return {**current, "complete": False}
-    return saved if saved.get("units") == current["units"] and saved.get("quick") == current["quick"] else {
-        **current, "complete": False}

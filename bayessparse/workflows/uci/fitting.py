@@ -143,6 +143,24 @@ def _exact_gp(row: Row, data: DataBundle, split: int, budget: Budget) -> list[Ca
     return [_scored({"iterations": budget.gp_iterations}, predict, data, gp.parameters, start)]
 
 
+def _bayesian_ridge(row: Row, data: DataBundle, split: int, budget: Budget) -> list[Candidate]:
+    """Bayesian linear regression (Tipping 2001; MacKay 1992's evidence updates of the weight and noise
+    precisions): predictive ``N(xᵀm, xᵀΣx + 1/α)``; its precisions are learned, so one candidate."""
+    from sklearn.linear_model import BayesianRidge
+
+    start = time.perf_counter()
+    x, y = _tensors(data.train)
+    model = BayesianRidge().fit(x.double().numpy(), y.double().numpy())
+
+    def predict(dataset: Dataset) -> GaussianPredictions:
+        xs, ys = _tensors(dataset)
+        mean, std = model.predict(xs.double().numpy(), return_std=True)  # std includes the noise 1/α
+        means = torch.from_numpy(mean)[None]
+        return GaussianPredictions(means, torch.from_numpy(std)[None] ** 2, ys.double(), scale=data.target_scale)
+
+    return [_scored({}, predict, data, int(x.shape[1]) + 3, start)]  # weights, intercept, two precisions
+
+
 def _deep_gp(row: Row, data: DataBundle, split: int, budget: Budget) -> list[Candidate]:
     """GPyTorch's DSPP or two-layer DGP (:mod:`bayessparse.baselines`), about ``deep_gp_steps`` Adam steps of
     batch 64; its kernels and inducing points are learned by its objective, so one candidate."""
@@ -173,7 +191,8 @@ def _deep_gp(row: Row, data: DataBundle, split: int, budget: Budget) -> list[Can
 
 #: the candidates of each row kind
 TRAINERS: dict[str, Callable[[Row, DataBundle, int, Budget], list[Candidate]]] = {
-    "network": _network, "mc-dropout": _mc_dropout, "exact-gp": _exact_gp, "dspp": _deep_gp, "dgp": _deep_gp}
+    "network": _network, "mc-dropout": _mc_dropout, "exact-gp": _exact_gp, "bayesian-ridge": _bayesian_ridge,
+    "dspp": _deep_gp, "dgp": _deep_gp}
 
 
 def select(row: Row, data: DataBundle, split: int, budget: Budget) -> tuple[Candidate, list[dict[str, Any]]]:

@@ -16,6 +16,8 @@ cigl-90 / -95       CigL at 90 / 95 %, the mixture over 32 draws of ``Z``
 vcigl-90            vCigL at 90 %, the mixture over 32 draws of its learned ``q(Z)`` (the grid's points
                     of learning rate 0.003 only: an SVI step costs about three plain ones)
 exact-gp            ARD RBF exact GP (:mod:`bayessparse.baselines.exact_gp`)
+bayesian-ridge      Bayesian linear regression, its prior and noise precisions by evidence maximisation
+                    (scikit-learn's ``BayesianRidge``; the linear reference a network must beat)
 dspp / dgp          GPyTorch's DSPP and two-layer doubly stochastic deep GP
 ==================  =============================================================================
 
@@ -34,7 +36,7 @@ from typing import Any
 
 from bayessparse.errors import ConfigError
 
-__all__ = ["NETWORK_GRID", "NETWORK_STEPS", "ROWS", "Budget", "Row", "budget", "check_rows", "epochs_for"]
+__all__ = ["DEFAULT_ROWS", "NETWORK_GRID", "NETWORK_STEPS", "ROWS", "Budget", "Row", "budget", "check_rows", "epochs_for"]
 
 #: the network rows' grid: learning rate × weight decay
 NETWORK_GRID: tuple[dict[str, float], ...] = tuple(
@@ -112,9 +114,14 @@ ROWS: dict[str, Row] = {r.name: r for r in (
     _net("rigl-95", "RigL 95 %", "rigl", 0.95),
     _net("cigl-95", "CigL 95 % (MC over Z)", "cigl", 0.95, mc=True),
     Row("exact-gp", "exact GP (ARD RBF)", "exact-gp", bayesian=True),
+    Row("bayesian-ridge", "Bayesian linear regression", "bayesian-ridge", bayesian=True),
     Row("dspp", "DSPP (2 layers)", "dspp", bayesian=True),
     Row("dgp", "deep GP (2 layers, DSVI)", "dgp", bayesian=True),
 )}
+
+
+#: the rows a benchmark runs when none are named: all but Bayesian linear regression, which ``--rows`` adds
+DEFAULT_ROWS = tuple(name for name in ROWS if name != "bayesian-ridge")
 
 
 def check_rows(names: list[str]) -> list[Row]:
