@@ -21,7 +21,7 @@ def test_compare_with_deep_gp_prints_every_row_and_column(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("|")[1].strip(): line for line in proc.stdout.splitlines() if line.startswith("| ")}
-    assert set(rows) == {"method", "rigl", "cigl", "DGP", "DSPP"}
+    assert set(rows) == {"method", "rigl", "cigl", "DGP (raw inputs)", "DSPP (raw inputs)", "SV-DKL"}
     assert "inference_ms_per_example" in rows["method"] and "parameters" in rows["method"]
     assert all("nan" not in line for line in rows.values())
     runs = json.loads((out / "results.json").read_text())["runs"]
@@ -29,7 +29,7 @@ def test_compare_with_deep_gp_prints_every_row_and_column(tmp_path):
         assert record["parameters"] > 0 and math.isfinite(record["inference_ms_per_example"])
         assert record["data"] == "digits" and record["seed"] == 0
     gp = {r["method"]: r for r in runs}
-    assert gp["DGP"]["parameters"] > gp["rigl"]["parameters"]  # the GP carries its inducing points and variational parameters
+    assert gp["DGP (raw inputs)"]["parameters"] > gp["rigl"]["parameters"]  # the GP carries its inducing points and variational parameters
     assert folder_kind(out / "deep-gp-dgp" / "seed-0") == "deep-gp"
     assert (out / "reliability-deep-gp-dspp.png").is_file()
 
@@ -63,7 +63,7 @@ def test_compare_on_regression_data_reports_rmse_nll_and_coverage_for_every_row(
     assert header == ["method", "rmse", "nll", "coverage_50", "coverage_90", "coverage_95", "density", "train_seconds",
                       "inference_ms_per_example", "parameters"]
     rows = {line.split("|")[1].strip(): line for line in lines[1:]}
-    assert set(rows) == {"rigl", "cigl", "DGP", "DSPP"}
+    assert set(rows) == {"rigl", "cigl", "DGP (raw inputs)", "DSPP (raw inputs)", "SV-DKL"}
     assert all("nan" not in line and "±" in line for line in rows.values())  # two seeds: mean ± interval
     results = json.loads((out / "results.json").read_text())
     for record in results["runs"]:

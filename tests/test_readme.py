@@ -35,10 +35,12 @@ WRITES: dict[str, tuple[str, ...]] = {
     "bayessparse export": ("{out}",),
     "bayessparse bench": (),
     "bayessparse study": ("{out}/results.md", "{out}/results.json"),
+    "bayessparse benchmark": ("{out}/report.md", "{out}/timing.json"),
     "torchrun": tuple(f"{{out}}/{name}" for name in RUN_FILES),
 }
 DEFAULT_OUT = {"bayessparse compare": "runs/compare", "bayessparse study --quick": "runs/study-quick",
-               "bayessparse study": "runs/study"}
+               "bayessparse study": "runs/study", "bayessparse benchmark uci --quick": "runs/uci-quick",
+               "bayessparse benchmark uci": "runs/uci"}
 
 
 def readme_commands() -> list[str]:
@@ -104,7 +106,8 @@ def tour(tmp_path_factory):
 
 def _takes_no_progress(command: str) -> bool:
     return any(command.startswith(k) for k in ("bayessparse train", "bayessparse compare", "bayessparse evaluate",
-                                                "bayessparse study", "bayessparse imp", "bayessparse ensemble"))
+                                                "bayessparse study", "bayessparse imp", "bayessparse ensemble",
+                                                "bayessparse benchmark"))
 
 
 def test_every_command_is_checked():

@@ -93,7 +93,7 @@ def test_listed_setups_need_the_calibration_section(tmp_path):
 def test_the_section_reads_back(tmp_path):
     g = read_spec(_spec(tmp_path)).deep_gp
     assert g.setups == {"mlp": {}} and g.sparsity == 0.9 and g.rows == ("rigl", "cigl", "vcigl")
-    assert g.methods == ("dgp", "dspp") and g.gp == {"epochs": 1, "num_inducing": 8}
+    assert g.methods == ("dgp", "dspp", "svdkl") and g.gp == {"epochs": 1, "num_inducing": 8}
     assert g.regression == {"data": "diabetes"} and g.regression_rows == ("rigl", "cigl")
     own = read_spec(_spec(tmp_path, setups={"wine": {"data": "wine"}}, methods="dspp")).deep_gp
     assert own.setups == {"wine": {"data": "wine"}} and own.methods == ("dspp",)
@@ -103,7 +103,7 @@ def test_committed_specifications_have_a_deep_gp_section():
     root = Path(__file__).resolve().parents[1] / "experiments"
     full, quick = read_spec(root / "study.yaml"), read_spec(root / "study_quick.yaml")
     assert set(full.deep_gp.setups) == {"cnn1d", "digits"} and full.deep_gp.regression["data"] == "diabetes"
-    assert {"cigl", "vcigl"} <= set(full.deep_gp.rows) and full.deep_gp.methods == ("dgp", "dspp")
+    assert {"cigl", "vcigl"} <= set(full.deep_gp.rows) and full.deep_gp.methods == ("dgp", "dspp", "svdkl")
     assert quick.deep_gp.gp["epochs"] <= 2 and quick.deep_gp.regression["data"] == "diabetes"
 
 
@@ -116,7 +116,8 @@ def test_cells_per_setup_row_method_and_seed_share_the_calibration_folders(tmp_p
     groups = deep_gp_cells(spec, root)
     assert list(groups) == [("classification", "mlp"), ("regression", "diabetes")]
     cls, reg = groups[("classification", "mlp")], groups[("regression", "diabetes")]
-    assert list(cls) == ["rigl", "cigl", "vcigl", "dgp", "dspp"] and list(reg) == ["rigl", "cigl", "dgp", "dspp"]
+    assert list(cls) == ["rigl", "cigl", "vcigl", "dgp", "dspp", "svdkl"]
+    assert list(reg) == ["rigl", "cigl", "dgp", "dspp", "svdkl"]
     assert all(len(cells) == 3 for g in groups.values() for cells in g.values())
 
     # the networks at the section's sparsity are the calibration section's runs; vCigL is new
@@ -149,7 +150,7 @@ def test_cells_per_setup_row_method_and_seed_share_the_calibration_folders(tmp_p
 
     # plan: calibration 2 rows x 2 sparsities x 3 seeds, + vCigL 3, regression nets 2 x 3, deep GPs 2 x 2 x 3
     cells = {c.folder: c for c in plan(spec, root)}
-    assert len(cells) == 12 + 3 + 6 + 12
+    assert len(cells) == 12 + 3 + 6 + 18  # deep GPs: 3 methods x 2 groups x 3 seeds
     assert cells[cls["rigl"][0].folder].predictions == ("model", "metrics")
     assert cells[calibration_cells(spec, root)[3].folder].predictions == ("model",)  # rigl at 0.95: not asked
 
@@ -262,6 +263,8 @@ GPS = {
             (0.93, 0.24, 0.041, 0.10, 61.0, 0.29, 20000)],
     "dspp": [(0.94, 0.18, 0.030, 0.09, 50.0, 0.20, 21000), (0.94, 0.19, 0.031, 0.09, 52.0, 0.21, 21000),
              (0.95, 0.18, 0.030, 0.09, 51.0, 0.22, 21000)],
+    "svdkl": [(0.92, 0.30, 0.050, 0.12, 40.0, 0.05, 15000), (0.91, 0.31, 0.052, 0.12, 41.0, 0.05, 15000),
+              (0.92, 0.29, 0.049, 0.11, 39.0, 0.05, 15000)],
 }
 CLS_KEYS = ("accuracy", "nll", "ece", "brier", "train_seconds", "inference_ms_per_example", "parameters")
 # regression per seed: (rmse, nll, coverage_50, coverage_90, coverage_95, train s); cigl also has mc_* numbers
@@ -274,6 +277,8 @@ REG = {
             (0.74, 1.19, 0.49, 0.89, 0.94, 29.0)],
     "dspp": [(0.73, 1.15, 0.50, 0.90, 0.95, 25.0), (0.74, 1.16, 0.51, 0.91, 0.95, 26.0),
              (0.72, 1.14, 0.50, 0.90, 0.95, 24.0)],
+    "svdkl": [(0.78, 1.25, 0.45, 0.85, 0.92, 5.0), (0.79, 1.26, 0.44, 0.84, 0.91, 5.1),
+              (0.77, 1.24, 0.46, 0.86, 0.93, 4.9)],
 }
 REG_KEYS = ("rmse", "nll", "coverage_50", "coverage_90", "coverage_95", "train_seconds")
 
@@ -331,15 +336,16 @@ def test_the_section_tables_are_the_intervals_of_the_runs_metrics(tmp_path):
     rep, text = _report(spec, root, scores, tmp_path / "figures")
     assert "## Sparse Bayesian networks and deep GPs" in text
     cls = _table(text, "mlp: sparse networks and deep GPs")
-    assert list(cls) == ["RigL", "CigL", "vCigL", "DGP", "DSPP"]
-    for label, rows in (("CigL", NETS["cigl"]), ("vCigL", NETS["vcigl"]), ("DSPP", GPS["dspp"])):
+    assert list(cls) == ["RigL", "CigL", "vCigL", "DGP (raw inputs)", "DSPP (raw inputs)", "SV-DKL"]
+    for label, rows in (("CigL", NETS["cigl"]), ("vCigL", NETS["vcigl"]), ("DSPP (raw inputs)", GPS["dspp"]),
+                        ("SV-DKL", GPS["svdkl"])):
         assert cls[label][:4] == [interval(_column(rows, k)).format(4) for k in CLS_KEYS[:4]]
         assert cls[label][4] == interval(_column(rows, "train_seconds")).format(1)
         assert cls[label][5] == interval(_column(rows, "inference_ms_per_example")).format(4)
-    assert cls["DGP"][6] == "20,000" and cls["RigL"][6] == "9,001 ± 2"
+    assert cls["DGP (raw inputs)"][6] == "20,000" and cls["RigL"][6] == "9,001 ± 2"
 
     reg = _table(text, "diabetes (regression): sparse networks and deep GPs")
-    assert list(reg) == ["RigL", "CigL", "CigL + MC", "DGP", "DSPP"]  # MC only where the run recorded it
+    assert list(reg) == ["RigL", "CigL", "CigL + MC", "DGP (raw inputs)", "DSPP (raw inputs)", "SV-DKL"]  # MC: where recorded
     assert reg["CigL"][:5] == [interval([v[i] for v in REG["cigl"]]).format(d) for i, d in enumerate((4, 4, 3, 3, 3))]
     assert reg["CigL + MC"][1] == interval([v[1] - 0.01 for v in REG["cigl"]]).format(4)
     assert reg["CigL + MC"][5] == reg["CigL"][5] and reg["CigL + MC"][6] == "–"  # same training; MC time not recorded
@@ -354,7 +360,7 @@ def test_the_targets_are_checked_with_their_numbers_and_flip_with_them(tmp_path)
     cigl, dspp = NETS["cigl"], GPS["dspp"]
     ratio = interval(_column(cigl, "train_seconds")).mean / interval(_column(dspp, "train_seconds")).mean
     d = paired_difference(_column(cigl, "nll"), _column(dspp, "nll"))
-    assert target["mlp"] == ["CigL", interval(_column(cigl, "nll")).format(4), "DSPP",
+    assert target["mlp"] == ["CigL", interval(_column(cigl, "nll")).format(4), "DSPP (raw inputs)",
                              interval(_column(dspp, "nll")).format(4), d.format(4), f"{ratio:.2f}", "met"]
     assert dict(rep.verdicts)["Sparse Bayesian nets: NLL ≤ the better deep GP's at ≤ 1/3 of its training time"] \
         == "met on 1 of 1 setups"
@@ -380,7 +386,7 @@ def test_the_targets_are_checked_with_their_numbers_and_flip_with_them(tmp_path)
     rep, text = _report(spec, root, scores, tmp_path / "f")
     row = _table(text, "Target: the best sparse Bayesian row's NLL ≤ the better deep GP's at ≤ 1/3 of its "
                        "training time")["mlp"]
-    assert row[2] == "DGP" and row[6] == "not met" and "its NLL is higher" in text
+    assert row[2] == "DGP (raw inputs)" and row[6] == "not met" and "its NLL is higher" in text
     assert dict(rep.verdicts)["Sparse Bayesian nets: NLL ≤ the better deep GP's at ≤ 1/3 of its training time"] \
         == "met on 0 of 1 setups"
 
@@ -391,7 +397,7 @@ def test_the_reading_follows_the_numbers(tmp_path):
     reading = text.split("### Reading", 1)[1]
     # on mlp CigL's NLL, ECE, Brier and accuracy are all resolved better than DSPP's
     mlp = reading.split("**mlp**", 1)[1].split("\n\n", 1)[0]
-    assert "CigL against DSPP" in mlp
+    assert "CigL against DSPP (raw inputs)" in mlp
     favour = mlp.split("Resolved in the network's favour:", 1)[1].split(";", 1)[0]
     assert all(m in favour for m in ("accuracy", "NLL", "ECE", "Brier"))
     # flip: the deep GP far better on NLL for every seed -> the reading says so
@@ -423,11 +429,30 @@ def test_the_study_trains_the_section_end_to_end(tmp_path):
     spec_path = _spec(tmp_path, text, rows=["rigl", "cigl"])
     out = tmp_path / "study"
     result = run_study(spec_path, out, progress=False)
-    assert result["cells"] == 6 + 4 + 8  # calibration (RigL and CigL shared), regression nets, deep GPs
+    assert result["cells"] == 6 + 4 + 12  # calibration (RigL and CigL shared), regression nets, deep GPs
     report = (out / "results.md").read_text()
     cls = _table(report, "mlp: sparse networks and deep GPs")
     gp = sorted((out / "runs" / "digits-deep-gp").glob("dspp-*/seed-*/metrics.json"))
-    assert cls["DSPP"][1] == interval([json.loads(p.read_text())["nll"] for p in gp]).format(4)
+    assert cls["DSPP (raw inputs)"][1] == interval([json.loads(p.read_text())["nll"] for p in gp]).format(4)
     reg = _table(report, "diabetes (regression): sparse networks and deep GPs")
-    assert {"RigL", "CigL", "DGP", "DSPP"} <= set(reg)
+    assert {"RigL", "CigL", "DGP (raw inputs)", "DSPP (raw inputs)", "SV-DKL"} <= set(reg)
     assert "### Targets" in report and (out / "figures" / "deep-gp.svg").exists()
+
+
+def test_scoring_counts_a_deep_gp_runs_parameters_from_its_model(tmp_path):
+    """A run trained when the full Cholesky factors were counted is reported with their lower triangles."""
+    from types import SimpleNamespace
+
+    from bayessparse.baselines import DeepGPConfig, train_deep_gp
+    from bayessparse.baselines.deep_gp import free_parameters
+    from bayessparse.baselines.gp_training import load_deep_gp
+    from bayessparse.workflows.study.cells import _score_deep_gp
+
+    folder = tmp_path / "gp"
+    train_deep_gp(DeepGPConfig(method="dgp", data="digits", epochs=1, num_inducing=8), folder, progress=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**metrics, "parameters": 10**9}))
+    model = load_deep_gp(folder).model
+    full = sum(p.numel() for p in model.parameters())
+    scored = _score_deep_gp(SimpleNamespace(gp=None), folder)["metrics"]["parameters"]
+    assert scored == free_parameters(model) == metrics["parameters"] < full

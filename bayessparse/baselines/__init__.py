@@ -1,4 +1,4 @@
-"""Baselines the sparse networks are compared with: two-layer deep Gaussian processes (GPyTorch).
+"""Baselines the sparse networks are compared with: deep Gaussian processes and other GPs (GPyTorch), MC dropout.
 
 A deep GP is the model CigL's training is read as approximating (Lei et al., ICLR 2023), so the real
 thing is the natural reference: :class:`DeepGPConfig` describes a run, :func:`train_deep_gp` trains it
@@ -14,6 +14,8 @@ classify (softmax likelihood) and regress (Gaussian likelihood, e.g. ``data="dia
 - :mod:`~bayessparse.baselines.deep_gp` -- the layers, models, likelihoods and objectives;
 - :mod:`~bayessparse.baselines.gp_predict` -- predictive probabilities and Gaussian mixtures;
 - :mod:`~bayessparse.baselines.gp_training` -- training, checkpoints, metrics, the run folder.
+- :mod:`~bayessparse.baselines.deep_kernel` -- SV-DKL, a GP on the features of the dataset's network
+  (``method="svdkl"``, trained and predicted by the same code as the deep GPs).
 - :mod:`~bayessparse.baselines.exact_gp` -- an exact GP regressor (ARD RBF), the strong small-data reference.
 - :mod:`~bayessparse.baselines.mc_dropout` -- dense MC dropout on a grid of rates and precisions, the UCI
   benchmark's reference method.

@@ -19,16 +19,18 @@ from bayessparse import smoke
 from bayessparse.config import FLOAT32_MAX, MAX_BINS, coerce
 from bayessparse.data import DATASETS
 from bayessparse.errors import ConfigError
+from models import MODELS
 
-#: The two inference schemes: doubly stochastic VI (Salimbeni & Deisenroth, 2017) and DSPP (Jankowiak et al., 2020).
-METHODS = ("dgp", "dspp")
+#: The models: a two-layer deep GP on the raw inputs by doubly stochastic VI (Salimbeni & Deisenroth, 2017) or as
+#: a DSPP (Jankowiak et al., 2020), and a GP on the features of the dataset's network, SV-DKL (Wilson et al., 2016).
+METHODS = ("dgp", "dspp", "svdkl")
 
 
 @dataclass(frozen=True)
 class DeepGPConfig:
     """Everything that determines a deep GP run (data, model, optimisation, evaluation)."""
 
-    method: str = "dgp"  # "dgp" (ELBO, sampled layers) or "dspp" (predictive log-likelihood, sigma points)
+    method: str = "dgp"  # "dgp" (ELBO, sampled layers), "dspp" (predictive log-likelihood, sigma points) or "svdkl"
     data: str = "digits"  # a name of bayessparse.data.DATASETS; inputs are flattened
     data_seed: int = 0  # the splits, as for the neural runs
     n_samples: int | None = None  # mnist1d / synthetic: total examples generated, as the networks' n_samples
@@ -37,7 +39,9 @@ class DeepGPConfig:
     batch_size: int = 128
     lr: float = 0.03  # Adam, constant
     num_inducing: int = 100  # M inducing points per GP, initialised by k-means on the training inputs
-    hidden_dims: int = 10  # H GPs in the hidden layer; also the classifier's latent functions mixed into K classes
+    hidden_dims: int = 10  # H GPs in the hidden layer (svdkl: features of the network); also the latent functions
+    trunk: str | None = None  # svdkl: the network giving the features (None: the dataset's default model)
+    trunk_lr: float = 0.003  # svdkl: Adam's rate on the network's weights (lr: on the GP's)
     num_samples: int = 3  # dgp: samples of the layers per step (S of the doubly stochastic ELBO)
     likelihood_samples: int = 10  # draws of f per step for the softmax likelihood's expectation (both methods)
     num_quad_sites: int = 8  # dspp: Q sigma points, the mixture components of the prediction
@@ -109,5 +113,7 @@ def _check(cfg: DeepGPConfig) -> None:
                  "num_quad_sites", "eval_samples", "eval_batch_size"):
         need(getattr(cfg, name) >= 1, name, ">= 1")
     need(cfg.lr > 0.0, "lr", "> 0")
+    need(cfg.trunk_lr > 0.0, "trunk_lr", "> 0")
+    need(cfg.trunk is None or cfg.trunk in MODELS, "trunk", f"None or one of {', '.join(MODELS)}")
     need(cfg.beta > 0.0, "beta", "> 0")
     need(1 <= cfg.ece_bins <= MAX_BINS, "ece_bins", f"in [1, {MAX_BINS}]")

@@ -22,6 +22,7 @@ from typing import Any
 
 import gpytorch
 import torch
+from gpytorch.models.deep_gps import DeepGP
 from gpytorch.models.deep_gps.dspp import DSPP
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -32,7 +33,7 @@ from bayessparse.predict import check_dataset
 from bayessparse.tasks import CLASSIFICATION, REGRESSION, Task
 from bayessparse.uncertainty.regression import mixture_moments
 
-GPModel = TwoLayerDGP | TwoLayerDSPP
+GPModel = TwoLayerDGP | TwoLayerDSPP | DeepGP  # DeepGP: also the SV-DKL model
 
 
 def classifies(model: GPModel) -> bool:

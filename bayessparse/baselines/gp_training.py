@@ -42,10 +42,11 @@ from tqdm.auto import tqdm
 from bayessparse import checkpoints
 from bayessparse import data as datasets
 from bayessparse.baselines.deep_gp import TwoLayerDGP, TwoLayerDSPP, build_model, free_parameters, objective
+from bayessparse.baselines.deep_kernel import DeepKernelGP, build_deep_kernel
 from bayessparse.baselines.gp_config import DEFAULTS, DeepGPConfig
 from bayessparse.baselines.gp_predict import DeepGPPredictor, predict
 from bayessparse.batches import batches, num_batches
-from bayessparse.config import read_yaml
+from bayessparse.config import default_model, read_yaml
 from bayessparse.errors import ConfigError, TrainingDiverged
 from bayessparse.files import save_torch, write_json, write_text
 from bayessparse.version import TRAINING_VERSION
@@ -67,7 +68,7 @@ class GPRun:
 
     cfg: DeepGPConfig
     data: datasets.DataBundle
-    model: TwoLayerDGP | TwoLayerDSPP
+    model: TwoLayerDGP | TwoLayerDSPP | DeepKernelGP
     optimizer: torch.optim.Adam
     generator: torch.Generator
     epoch: int = 0
@@ -111,14 +112,23 @@ def check_deep_gp_data(cfg: DeepGPConfig, data: datasets.DataBundle | None = Non
 
 
 def build_gp_run(cfg: DeepGPConfig, data: datasets.DataBundle | None = None) -> GPRun:
-    """Data, model and optimizer of a fresh run, seeded from ``cfg.seed``."""
+    """Data, model and optimizer of a fresh run, seeded from ``cfg.seed``. SV-DKL's network trains at
+    ``trunk_lr``, everything else at ``lr`` (one Adam)."""
     data = check_deep_gp_data(cfg, data)
     x = flat_inputs(data.train_eval if data.train_eval is not None else data.train)
     seed_everything(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
-    model = build_model(cfg.method, x, data.num_classes, data.task, hidden_dims=cfg.hidden_dims,
-                        num_inducing=cfg.num_inducing, num_quad_sites=cfg.num_quad_sites, generator=generator)
-    return GPRun(cfg, data, model, torch.optim.Adam(model.parameters(), lr=cfg.lr), generator)
+    if cfg.method == "svdkl":
+        model = build_deep_kernel(x, data.input_shape, cfg.trunk or default_model(cfg.data), data.num_classes, data.task,
+                                  hidden_dims=cfg.hidden_dims, num_inducing=cfg.num_inducing, generator=generator)
+        trunk = {id(p) for p in model.trunk.parameters()}
+        groups = [{"params": list(model.trunk.parameters()), "lr": cfg.trunk_lr},
+                  {"params": [p for p in model.parameters() if id(p) not in trunk]}]
+    else:
+        model = build_model(cfg.method, x, data.num_classes, data.task, hidden_dims=cfg.hidden_dims,
+                            num_inducing=cfg.num_inducing, num_quad_sites=cfg.num_quad_sites, generator=generator)
+        groups = [{"params": list(model.parameters())}]
+    return GPRun(cfg, data, model, torch.optim.Adam(groups, lr=cfg.lr), generator)
 
 
 def non_finite_parameter(run: GPRun) -> str | None:
@@ -236,7 +246,8 @@ def evaluate(run: GPRun) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         {f"val_{k}": v for k, v in val.items()},
         method=cfg.method,
         data=cfg.data,
-        model=f"gp2-h{cfg.hidden_dims}-m{cfg.num_inducing}",
+        model=(f"svdkl-{cfg.trunk or default_model(cfg.data)}-h{cfg.hidden_dims}-m{cfg.num_inducing}" if cfg.method == "svdkl"
+               else f"gp2-h{cfg.hidden_dims}-m{cfg.num_inducing}"),
         seed=cfg.seed,
         epochs=cfg.epochs,
         train_seconds=run.train_seconds,

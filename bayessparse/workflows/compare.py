@@ -72,11 +72,13 @@ REGRESSION_METRICS = REGRESSION.columns
 #: With deep GP rows (``--with-deep-gp``) every row also reports its cost to predict and its size.
 COST_METRICS = ("inference_ms_per_example", "parameters")
 #: The deep GP baselines ``--with-deep-gp`` adds (:mod:`bayessparse.baselines`), by row name.
-DEEP_GPS = {"DGP": "dgp", "DSPP": "dspp"}
+#: the rows of ``--with-deep-gp``: two deep GPs on the raw inputs, and a GP on the features of the runs' own network
+DEEP_GPS = {"DGP (raw inputs)": "dgp", "DSPP (raw inputs)": "dspp", "SV-DKL": "svdkl"}
 #: The fields of the deep GP rows' config that compare sets itself (the networks' data, split, seeds and bins),
 #: with where each comes from; ``--deep-gp-set`` refuses them.
 DEEP_GP_SET_BY_COMPARE = {
-    "method": "one row per method: DGP and DSPP",
+    "method": "one row per method: DGP, DSPP and SV-DKL",
+    "trunk": "the networks' --model",
     "data": "from --data",
     "data_seed": "from --set data_seed",
     "n_samples": "from --n-samples",
@@ -133,7 +135,8 @@ class Entry:
 
 
 def deep_gp_entries() -> list[Entry]:
-    """The rows of ``--with-deep-gp``: a two-layer deep GP and a DSPP."""
+    """The rows of ``--with-deep-gp``: a two-layer deep GP and a DSPP on the raw inputs, and SV-DKL on the
+    features of the networks' model."""
     return [Entry(method, kind="deep-gp") for method in DEEP_GPS.values()]
 
 
@@ -285,7 +288,8 @@ def _deep_gp_config(cfg: TrainConfig, entry: Entry, seed: int, overrides: dict[s
         if name in overrides:
             raise ConfigError(f"--deep-gp-set {name}: the deep GP rows' {name} is set by compare ({source})")
     return DeepGPConfig.from_dict({**overrides, "method": entry.method, "data": cfg.data, "data_seed": cfg.data_seed,
-                                   "n_samples": cfg.n_samples, "seed": seed, "ece_bins": cfg.ece_bins})
+                                   "n_samples": cfg.n_samples, "seed": seed, "ece_bins": cfg.ece_bins,
+                                   "trunk": cfg.model if entry.method == "svdkl" else None})
 
 
 def _deep_gp_record(cfg: TrainConfig, entry: Entry, overrides: dict[str, Any], folder: Path,

@@ -98,7 +98,7 @@ def folder_for(root: Path, cfg: TrainConfig, kind: str = "run", extra: dict[str,
 
 #: DeepGPConfig fields added after the first study that includes deep GPs, with the default that reproduces
 #: the earlier training (the same rule as LATER_FIELDS)
-GP_LATER_FIELDS: dict[str, Any] = {"n_samples": None}
+GP_LATER_FIELDS: dict[str, Any] = {"n_samples": None, "trunk": None, "trunk_lr": 0.003}
 
 
 def gp_folder_for(root: Path, gp: dict[str, Any]) -> str:
@@ -291,11 +291,18 @@ def _score_imp(cell: Cell, folder: Path) -> dict[str, Any]:
 
 
 def _score_deep_gp(cell: Cell, folder: Path) -> dict[str, Any]:
-    from bayessparse.baselines.gp_training import METRICS, train_deep_gp
+    """The run's metrics, its ``parameters`` counted from the trained model (each Cholesky factor's lower
+    triangle, :func:`~bayessparse.baselines.deep_gp.free_parameters`, whatever count the run recorded when it
+    trained; a folder without its checkpoint keeps the recorded one)."""
+    from bayessparse.baselines.deep_gp import free_parameters
+    from bayessparse.baselines.gp_training import CHECKPOINT, METRICS, load_deep_gp, train_deep_gp
 
     if not (folder / METRICS).exists():
         train_deep_gp(cell.gp, folder, resume=True, progress=False)
-    return {"metrics": _metrics_json(folder)}
+    metrics = _metrics_json(folder)
+    if (folder / CHECKPOINT).exists():
+        metrics["parameters"] = free_parameters(load_deep_gp(folder).model)
+    return {"metrics": metrics}
 
 
 def score(cell: Cell, processes: int = 1) -> dict[str, Any]:

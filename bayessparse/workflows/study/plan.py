@@ -106,11 +106,13 @@ Group = tuple[Task, str]
 
 def deep_gp_config(spec: StudySpec, cfg: TrainConfig, method: str, seed: int) -> Any:
     """The deep GP baseline next to the network config ``cfg``: its data, split and ECE bins, the study's
-    ``seed``, the section's ``gp`` fields, :class:`~bayessparse.baselines.DeepGPConfig`'s defaults otherwise."""
+    ``seed``, the section's ``gp`` fields, :class:`~bayessparse.baselines.DeepGPConfig`'s defaults otherwise; SV-DKL's
+    trunk is the networks' model."""
     from bayessparse.baselines.gp_config import DeepGPConfig
 
     return DeepGPConfig.from_dict({**spec.deep_gp.gp, "method": method, "data": cfg.data, "data_seed": cfg.data_seed,
-                                   "n_samples": cfg.n_samples, "seed": seed, "ece_bins": cfg.ece_bins})
+                                   "n_samples": cfg.n_samples, "seed": seed, "ece_bins": cfg.ece_bins,
+                                   "trunk": cfg.model if method == "svdkl" else None})
 
 
 def deep_gp_groups(spec: StudySpec) -> dict[Group, tuple[dict[str, Any], tuple[str, ...]]]:

@@ -508,7 +508,7 @@ def _imp_command(spec: StudySpec, study) -> str:
 #: fraction of its training time (classification), and the sparse nets' 90 % interval coverage in this range
 GP_TIME_RATIO = 1 / 3
 COVERAGE_90 = (0.85, 0.95)
-GP_LABELS = {"dgp": "DGP", "dspp": "DSPP"}
+GP_LABELS = {"dgp": "DGP (raw inputs)", "dspp": "DSPP (raw inputs)", "svdkl": "SV-DKL"}
 #: each task's columns (:attr:`bayessparse.tasks.Task.report_columns`: key, label, decimals, +1 if higher is
 #: better / −1 if lower is); coverage is scored by its distance to 0.9
 GP_CLASSIFICATION = CLASSIFICATION.report_columns
@@ -671,8 +671,10 @@ def deep_gp_section(rep: Report) -> None:
     example = next(cells[0].gp for rows in groups.values() for name, cells in rows.items() if name in GP_LABELS)
     rep.add("## Sparse Bayesian networks and deep GPs",
             "CigL is read as a variational approximation of a deep Gaussian process; here the sparse networks at "
-            f"sparsity {_pct(g.sparsity)} stand next to real two-layer deep GPs (GPyTorch, bayessparse.baselines: "
-            f"{', '.join(GP_LABELS[m] for m in g.methods)}; {example.hidden_dims} hidden GPs, {example.num_inducing} "
+            f"sparsity {_pct(g.sparsity)} stand next to real GPs (GPyTorch, bayessparse.baselines: "
+            f"{', '.join(GP_LABELS[m] for m in g.methods)}; the two-layer DGP and DSPP see the raw inputs, "
+            "SV-DKL is one layer of GPs on the features of the rows' own network, trained with it; "
+            f"{example.hidden_dims} GPs per layer, {example.num_inducing} "
             f"inducing points each, {example.epochs} epochs of Adam at lr {example.lr:g}) on the same data, splits "
             f"and seeds ({', '.join(map(str, rep.spec.seeds))}). Network rows score the row's prediction on the test "
             "split (for a calibration setup, the numbers of its tables); deep GP rows their run's test metrics, "
@@ -681,7 +683,8 @@ def deep_gp_section(rep: Report) -> None:
             "CPU: read the ratios within a table, not the seconds across machines; inference is the test-set "
             "prediction time per example (a Monte Carlo row draws its samples, a deep GP its "
             f"{example.eval_samples} predictive draws); parameters are the network's non-zero weights and biases "
-            "and every parameter of the deep GP, variational ones included. Mean ± 95 % CI over seeds; "
+            "and every parameter of the GP that its model uses, variational ones included (of each Cholesky factor "
+            "its lower triangle). Mean ± 95 % CI over seeds; "
             "differences are paired by seed.")
     targets, coverage_rows, readings, series = [], [], [], []
     tally = {"networks": 0, "deep GPs": 0, "unresolved": 0}
