@@ -98,7 +98,7 @@ def test_a_diverging_deep_gp_row_is_one_line_naming_the_row_epoch_and_step(tmp_p
     proc = subprocess.run([sys.executable, "-m", "bayessparse.cli", *TINY_REGRESSION, "--deep-gp-set", "lr=1e30",
                            "--out", str(tmp_path / "cmp")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 1 and proc.stderr.count("\n") == 1, proc.stderr
-    assert proc.stderr.startswith("bayessparse: training diverged: DGP (seed 0): ")
+    assert proc.stderr.startswith("bayessparse: training diverged: DGP (raw inputs) (seed 0): ")
     assert proc.stderr.endswith(" at epoch 1, step 1; nothing was saved\n")
     assert (tmp_path / "cmp" / "rigl" / "seed-0" / "metrics.json").is_file()  # the network row finished first
 
@@ -136,7 +136,7 @@ def test_a_field_compare_sets_is_refused_naming_its_flag(tmp_path):
     ("data_seed", "1", "--set data_seed"),
     ("seed", "0", "--seeds"),
     ("ece_bins", "0", "--set ece_bins"),
-    ("method", "dspp", "DGP and DSPP"),
+    ("method", "dspp", "DGP, DSPP and SV-DKL"),
 ])
 def test_every_field_compare_sets_is_refused_before_any_training(tmp_path, field, value, source):
     from bayessparse.workflows.compare import REGRESSION_DEFAULTS, compare
