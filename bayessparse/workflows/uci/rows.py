@@ -83,7 +83,6 @@ class Row:
     method: str = "dense"
     sparsity: float = 0.0
     mc: bool = False
-    bayesian: bool = False  # a posterior over weights or masks (the rows targets T1 and T2 speak of)
     lrs: tuple[float, ...] | None = None  # a network row searching only these learning rates of the grid
 
     def grid(self, plan: "Budget") -> tuple[dict[str, float], ...]:
@@ -95,28 +94,24 @@ class Row:
         """Trained by the project's trainer (the rows T3 speaks of, with MC dropout)."""
         return self.kind == "network"
 
-    @property
-    def sparse(self) -> bool:
-        return self.kind == "network" and self.method != "dense"
-
 
 def _net(name: str, label: str, method: str, sparsity: float = 0.0, mc: bool = False,
          lrs: tuple[float, ...] | None = None) -> Row:
-    return Row(name, label, "network", method, sparsity, mc, bayesian=mc, lrs=lrs)
+    return Row(name, label, "network", method, sparsity, mc, lrs=lrs)
 
 
 ROWS: dict[str, Row] = {r.name: r for r in (
     _net("dense", "dense MAP", "dense"),
-    Row("mc-dropout", "dense MC dropout (50 units)", "mc-dropout", bayesian=True),
+    Row("mc-dropout", "dense MC dropout (50 units)", "mc-dropout"),
     _net("rigl-90", "RigL 90 %", "rigl", 0.9),
     _net("cigl-90", "CigL 90 % (MC over Z)", "cigl", 0.9, mc=True),
     _net("vcigl-90", "vCigL 90 % (MC over q(Z))", "vcigl", 0.9, mc=True, lrs=(0.003,)),  # SVI: 3× a step's cost
     _net("rigl-95", "RigL 95 %", "rigl", 0.95),
     _net("cigl-95", "CigL 95 % (MC over Z)", "cigl", 0.95, mc=True),
-    Row("exact-gp", "exact GP (ARD RBF)", "exact-gp", bayesian=True),
-    Row("bayesian-ridge", "Bayesian linear regression", "bayesian-ridge", bayesian=True),
-    Row("dspp", "DSPP (2 layers)", "dspp", bayesian=True),
-    Row("dgp", "deep GP (2 layers, DSVI)", "dgp", bayesian=True),
+    Row("exact-gp", "exact GP (ARD RBF)", "exact-gp"),
+    Row("bayesian-ridge", "Bayesian linear regression", "bayesian-ridge"),
+    Row("dspp", "DSPP (2 layers)", "dspp"),
+    Row("dgp", "deep GP (2 layers, DSVI)", "dgp"),
 )}
 
 
