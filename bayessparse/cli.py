@@ -17,6 +17,7 @@ from bayessparse.config import FIELD_NAMES, read_yaml, resolve
 from bayessparse.errors import ConfigError, RankMismatch, TrainingDiverged, WriteError
 from bayessparse.methods import check_method
 from bayessparse.data import task_of
+from bayessparse.workflows.uci.rows import ROWS
 
 # flag -> config field, for the flags every training command shares
 RUN_FLAGS: dict[str, tuple[str, type]] = {
@@ -464,8 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
                            "--quick: yacht, energy)")
     bench_uci.add_argument("--splits", help="a count (20 = splits 0..19, the default), a list 0,3,7 or a range 2-5 "
                            "(--quick: 0,1)")
-    bench_uci.add_argument("--rows", help="comma-separated rows (default: all): " + ", ".join(
-        ("dense", "mc-dropout", "rigl-90", "cigl-90", "vcigl-90", "rigl-95", "cigl-95", "exact-gp", "dspp", "dgp")))
+    bench_uci.add_argument("--rows", help="comma-separated rows (default: all but bayesian-ridge): " + ", ".join(ROWS))
     bench_uci.add_argument("--quick", action="store_true", help="two sets, two splits, a tenth of the training")
     bench_uci.add_argument("--jobs", type=int, default=None, help="units run side by side (default: one per core)")
     bench_uci.add_argument("--out", type=_folder, help="output folder (default: runs/uci or runs/uci-quick); "

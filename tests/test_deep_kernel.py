@@ -15,9 +15,7 @@ from bayessparse.errors import ConfigError
 
 def _fit(cfg: DeepGPConfig) -> G.GPRun:
     run = G.build_gp_run(cfg)
-    for _ in range(cfg.epochs):
-        G.train_epoch(run)
-        run.epoch += 1
+    G.fit(run, progress=False, validate=False)
     return run
 
 

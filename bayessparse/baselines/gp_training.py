@@ -212,9 +212,10 @@ def scores(run: GPRun, dataset: torch.utils.data.Dataset) -> tuple[dict[str, flo
     return task.scores(task.gp_predictions(out, run.data.target_scale), run.cfg.ece_bins), out
 
 
-def fit(run: GPRun, checkpoint: Path | None = None, progress: bool = True) -> None:
-    """Train from ``run.epoch`` to ``cfg.epochs``, validating and checkpointing after every epoch. A divergence
-    (:class:`TrainingDiverged`) says whether the checkpoint of the last finished epoch is kept."""
+def fit(run: GPRun, checkpoint: Path | None = None, progress: bool = True, validate: bool = True) -> None:
+    """Train from ``run.epoch`` to ``cfg.epochs``, validating (unless ``validate`` is false: no history then) and
+    checkpointing after every epoch. A divergence (:class:`TrainingDiverged`) says whether the checkpoint of the
+    last finished epoch is kept."""
     cfg = run.cfg
     epochs = tqdm(range(run.epoch, cfg.epochs), initial=run.epoch, total=cfg.epochs, desc=cfg.method,
                   disable=not progress)
@@ -225,12 +226,13 @@ def fit(run: GPRun, checkpoint: Path | None = None, progress: bool = True) -> No
             check_finite(run)
             run.epoch += 1
             run.train_seconds += time.perf_counter() - start
-            val, _ = scores(run, run.data.val)
+            val, _ = scores(run, run.data.val) if validate else ({}, None)
         except TrainingDiverged as exc:
             kept = f"the checkpoint of epoch {saved} is kept" if saved and checkpoint else "nothing was saved"
             raise TrainingDiverged(f"{exc}; {kept}") from None
-        run.history.append({"epoch": run.epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
-        epochs.set_postfix(loss=f"{loss:.3f}", val_nll=f"{val['nll']:.3f}")
+        if validate:
+            run.history.append({"epoch": run.epoch, "train_loss": loss, **{f"val_{k}": v for k, v in val.items()}})
+            epochs.set_postfix(loss=f"{loss:.3f}", val_nll=f"{val['nll']:.3f}")
         if checkpoint is not None:
             save_torch(checkpoint, run.state_dict())
 

@@ -27,7 +27,6 @@ from bayessparse.errors import ConfigError
 from bayessparse.files import write_json, write_text
 from bayessparse.folders import check_kind, check_writable, exclusive
 from bayessparse.jobs import run_jobs
-from bayessparse.plots.benchmark import plot_loglik
 from bayessparse.workflows.uci.report import PUBLISHED, report_text, section_id, summarise, write_section
 from bayessparse.workflows.uci.rows import DEFAULT_ROWS, budget, check_rows
 from bayessparse.workflows.uci.units import Unit, fit_unit, read_record
@@ -105,6 +104,8 @@ def run_benchmark(sets: Sequence[str], splits: Sequence[int], out: str | Path, *
     plan = budget(quick)
     # the expensive rows first, interleaved over sets and splits, so that two workers finish together
     units = [Unit(s, k, r.name, plan, out) for r in chosen for k in splits for s in sets]
+    from bayessparse.plots.benchmark import plot_loglik  # matplotlib: only when a report is drawn
+
     with exclusive(out, "run a UCI benchmark", kind="uci-benchmark"):
         fresh = sum(read_record(u) is None for u in units)
         start = time.perf_counter()

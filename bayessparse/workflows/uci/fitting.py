@@ -102,8 +102,7 @@ def _diverged(dataset: Dataset) -> GaussianPredictions:
 
 
 def _scored(setting: dict[str, Any], predict: Predict, data: DataBundle, nonzero: int, start: float) -> Candidate:
-    nll = predict(data.val).scores()["nll"]
-    return Candidate(setting, nll if math.isfinite(nll) else math.inf, predict, nonzero, time.perf_counter() - start)
+    return Candidate(setting, _finite(predict(data.val).scores()["nll"]), predict, nonzero, time.perf_counter() - start)
 
 
 def _mc_dropout(row: Row, data: DataBundle, split: int, budget: Budget) -> list[Candidate]:
@@ -175,10 +174,7 @@ def _deep_gp(row: Row, data: DataBundle, split: int, budget: Budget) -> list[Can
     start = time.perf_counter()
     run = G.build_gp_run(cfg, data)
     try:
-        for _ in range(epochs):
-            G.train_epoch(run)
-            run.epoch += 1
-        G.check_finite(run)
+        G.fit(run, progress=False, validate=False)
     except TrainingDiverged:
         return [Candidate({"epochs": epochs}, math.inf, _diverged, 0, time.perf_counter() - start)]
 
